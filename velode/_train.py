@@ -1,0 +1,221 @@
+"""Training: Optax, one jit-compiled step, full batch or minibatches, early stopping on a plateau."""
+
+import dataclasses
+import math
+import time
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from . import _loss
+from ._errors import SolverError
+from .model._model import VelocityModel, predict
+from .model._solve import Integrator
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+    reconstruction_weight: float = 1.0
+    consistency_weight: float = 0.0
+    horizon: float = 0.05
+
+
+@dataclasses.dataclass
+class TrainerConfig:
+    max_steps: int = 1000
+    lr: float = 0.05
+    encoder_lr: float = 3e-3
+    schedule: str = "cosine"  # "cosine" or "constant"
+    warmup_steps: int = 0
+    batch_size: int | None = None  # None: full batch
+    patience: int = 100
+    min_delta: float = 1e-4
+    progress: bool = True
+    log_every: int = 10
+
+
+@dataclasses.dataclass
+class TrainData:
+    """Arrays the loss needs, passed to the jitted step as arguments (never closed over)."""
+
+    features: jax.Array
+    obs_u: jax.Array
+    obs_s: jax.Array
+    inv_sd_u: jax.Array
+    inv_sd_s: jax.Array
+    gene_weight: jax.Array
+
+    @property
+    def n_cells(self) -> int:
+        return self.features.shape[0]
+
+
+def loss_terms(model, features, obs_u, obs_s, inv_sd_u, inv_sd_s, gene_weight, integrator, loss_cfg):
+    project = loss_cfg.consistency_weight != 0
+    pred = predict(model, features, integrator, horizon=loss_cfg.horizon, project=project)
+    terms = {"reconstruction": _loss.reconstruction(pred.unspliced, pred.spliced, obs_u, obs_s, inv_sd_u, inv_sd_s, gene_weight)}
+    if project:
+        terms["consistency"] = _loss.consistency(pred.velocity, pred.spliced, pred.projected_spliced, loss_cfg.horizon, inv_sd_s)
+    weights = {"reconstruction": loss_cfg.reconstruction_weight, "consistency": loss_cfg.consistency_weight}
+    return _loss.weighted_sum(terms, weights), (terms, pred.info)
+
+
+def make_optimizer(model: VelocityModel, cfg: TrainerConfig):
+    def schedule(lr):
+        if cfg.schedule == "constant":
+            return lr
+        if cfg.schedule == "cosine":
+            return optax.warmup_cosine_decay_schedule(
+                0.0 if cfg.warmup_steps else lr, lr, cfg.warmup_steps, max(cfg.max_steps, cfg.warmup_steps + 1), lr * 0.05
+            )
+        raise ValueError(f"unknown trainer.schedule {cfg.schedule!r}: use 'cosine' or 'constant'")
+
+    labels = jax.tree_util.tree_map(lambda _: "kinetics", eqx.filter(model, eqx.is_inexact_array))
+    labels = eqx.tree_at(lambda m: m.encoder, labels, jax.tree_util.tree_map(lambda _: "encoder", labels.encoder))
+    labels = eqx.tree_at(lambda m: m.features, labels, jax.tree_util.tree_map(lambda _: "frozen", labels.features))
+    return optax.multi_transform(
+        {
+            "kinetics": optax.adam(schedule(cfg.lr)),
+            "encoder": optax.adam(schedule(cfg.encoder_lr)),
+            "frozen": optax.set_to_zero(),
+        },
+        labels,
+    )
+
+
+@eqx.filter_jit
+def _step(model, opt_state, idx, data_arrays, optimizer, integrator, loss_cfg):
+    features, obs_u, obs_s, inv_sd_u, inv_sd_s, gene_weight = data_arrays
+    if idx is not None:
+        features, obs_u, obs_s = features[idx], obs_u[idx], obs_s[idx]
+    (loss, (terms, info)), grads = eqx.filter_value_and_grad(loss_terms, has_aux=True)(
+        model, features, obs_u, obs_s, inv_sd_u, inv_sd_s, gene_weight, integrator, loss_cfg
+    )
+    updates, opt_state = optimizer.update(grads, opt_state, eqx.filter(model, eqx.is_inexact_array))
+    model = eqx.apply_updates(model, updates)
+    return model, opt_state, loss, terms, info
+
+
+def solver_failure_message(integrator: Integrator, where: str) -> str:
+    name = type(integrator.solver).__name__
+    return (
+        f"the {name} solve failed {where} (it hit solver.max_steps={integrator.max_steps} or produced a "
+        "non-finite state): raise solver.max_steps, loosen stepsize.rtol/atol, or use solver=analytic"
+    )
+
+
+@dataclasses.dataclass
+class TrainState:
+    """Everything a run needs to continue: model, optimiser state, RNG key, step and history."""
+
+    model: VelocityModel
+    opt_state: object
+    key: jax.Array
+    step: int = 0
+    history: dict = dataclasses.field(default_factory=dict)
+    solver_stats: dict = dataclasses.field(
+        default_factory=lambda: {"num_steps": 0, "num_accepted_steps": 0, "num_rejected_steps": 0}
+    )
+    status: str = "ok"  # "ok" or "diverged"
+    message: str = ""
+    stopped_early: bool = False
+    compile_seconds: float = 0.0
+    train_seconds: float = 0.0
+
+
+class Trainer:
+    """Owns the optimiser (built once, so the jitted step compiles once per fit)."""
+
+    def __init__(self, model: VelocityModel, integrator: Integrator, loss_cfg: LossConfig, cfg: TrainerConfig):
+        self.integrator = integrator
+        self.loss_cfg = loss_cfg
+        self.cfg = cfg
+        self.optimizer = make_optimizer(model, cfg)
+
+    def init(self, model: VelocityModel, key) -> TrainState:
+        state = TrainState(model, self.optimizer.init(eqx.filter(model, eqx.is_inexact_array)), key)
+        state.history = {"total": [], "reconstruction": []}
+        if self.loss_cfg.consistency_weight:
+            state.history["consistency"] = []
+        return state
+
+    def run(self, state: TrainState, data: TrainData, *, until: int | None = None, desc: str = "fitting") -> TrainState:
+        """Advance ``state`` up to step ``until`` (default trainer.max_steps), a plateau, or a non-finite loss."""
+        cfg = self.cfg
+        until = cfg.max_steps if until is None else min(until, cfg.max_steps)
+        arrays = (data.features, data.obs_u, data.obs_s, data.inv_sd_u, data.inv_sd_s, data.gene_weight)
+        n = data.n_cells
+        batch = None if cfg.batch_size is None or cfg.batch_size >= n else int(cfg.batch_size)
+        hist = state.history["total"]
+        best = min(hist) if hist else math.inf
+        since_best = len(hist) - 1 - int(np.argmin(hist)) if hist else 0
+        perm, pos = None, n
+        bar = None
+        if cfg.progress and until > state.step:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=until, initial=state.step, desc=desc, leave=False, dynamic_ncols=True)
+        t_start = time.perf_counter()
+        try:
+            while state.step < until:
+                idx = None
+                if batch is not None:
+                    if pos + batch > n:
+                        state.key, sub = jax.random.split(state.key)
+                        perm, pos = jax.random.permutation(sub, n), 0
+                    idx, pos = perm[pos : pos + batch], pos + batch
+                t0 = time.perf_counter()
+                model, opt_state, loss, terms, info = _step(
+                    state.model, state.opt_state, idx, arrays, self.optimizer, self.integrator, self.loss_cfg
+                )
+                loss = float(loss)
+                if state.compile_seconds == 0.0:
+                    state.compile_seconds = time.perf_counter() - t0
+                if not bool(info.ok):
+                    raise SolverError(solver_failure_message(self.integrator, f"at training step {state.step + 1}"))
+                if not math.isfinite(loss):
+                    state.status = "diverged"
+                    state.message = (
+                        f"the loss became non-finite at step {state.step + 1}; kept the parameters of step {state.step}"
+                    )
+                    break
+                state.model, state.opt_state = model, opt_state
+                state.step += 1
+                for k in state.solver_stats:
+                    state.solver_stats[k] += int(getattr(info, k))
+                hist.append(loss)
+                for k, v in terms.items():
+                    state.history[k].append(float(v))
+                if bar is not None and (state.step % cfg.log_every == 0 or state.step == until):
+                    bar.set_postfix(loss=f"{loss:.4g}")
+                    bar.update(state.step - bar.n)
+                if loss < best - cfg.min_delta * abs(best if math.isfinite(best) else loss):
+                    best, since_best = loss, 0
+                else:
+                    since_best += 1
+                    if cfg.patience and since_best >= cfg.patience:
+                        state.stopped_early = True
+                        break
+        finally:
+            if bar is not None:
+                bar.close()
+        state.train_seconds += time.perf_counter() - t_start
+        return state
+
+
+def loss_value(model, data: TrainData, integrator: Integrator, loss_cfg: LossConfig) -> float:
+    loss, _ = eqx.filter_jit(loss_terms)(
+        model, data.features, data.obs_u, data.obs_s, data.inv_sd_u, data.inv_sd_s, data.gene_weight, integrator, loss_cfg
+    )
+    return float(loss)
+
+
+def as_numpy(x):
+    return np.asarray(jax.device_get(x))
+
+
+def to_device(x, dtype=jnp.float32):
+    return jnp.asarray(np.asarray(x), dtype)
