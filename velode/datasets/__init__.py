@@ -1,0 +1,6 @@
+"""Datasets with known ground truth, for tests, benchmarks and examples."""
+
+from ._simulation import simulation as simulation
+from ._synthetic import synthetic as synthetic
+
+__all__ = ["simulation", "synthetic"]
