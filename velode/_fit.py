@@ -143,7 +143,7 @@ def fit_arrays(
     sd_u, sd_s = obs_u.std(0), obs_s.std(0)
     inv = lambda sd: jnp.asarray(np.where(sd > 0, 1.0 / np.maximum(sd, 1e-12), 0.0), jnp.float32)  # noqa: E731
     gw = np.ones(obs_s.shape[1], np.float32) if gene_weight is None else np.asarray(gene_weight, np.float32)
-    data = TrainData(features, jnp.asarray(obs_u), jnp.asarray(obs_s), inv(sd_u), inv(sd_s), jnp.asarray(gw))
+    data = TrainData.build(features, obs_u, obs_s, inv(sd_u), inv(sd_s), gw, chunk=trainer_cfg.chunk_size)
 
     encoder = TimeEncoder(fmap.n_features, width=model_cfg.encoder_width, depth=model_cfg.encoder_depth, key=k_enc)
     encoder = _pretrain_encoder(encoder, features, jnp.asarray(t_pc, jnp.float32), model_cfg.pretrain_steps)
@@ -176,7 +176,9 @@ def fit_arrays(
         for r in range(model_cfg.assign_rounds):
             state = trainer.run(state, data, until=state.step + per_round, desc=f"round {r + 1}")
             t_best = assign_times(state.model.kinetics, data, integrator, model_cfg.assign_grid)
-            enc = _pretrain_encoder(state.model.encoder, data.features, jnp.clip(t_best, 0.01, 0.99), model_cfg.pretrain_steps)
+            enc = _pretrain_encoder(
+                state.model.encoder, data.features[: data.n_cells], jnp.clip(t_best, 0.01, 0.99), model_cfg.pretrain_steps
+            )
             state.model = eqx.tree_at(lambda m: m.encoder, state.model, enc)
     state = trainer.run(state, data)
     fit_seconds = time.perf_counter() - t_fit + setup_seconds
@@ -197,12 +199,12 @@ def assign_times(kinetics, data: TrainData, integrator: Integrator, n_grid: int)
         norm = (u**2) @ wu + (s**2) @ ws
         return grid[jnp.argmin(norm[None, :] - 2 * cross, axis=1)]
 
-    return run(kinetics, data.obs_u, data.obs_s, data.inv_sd_u, data.inv_sd_s, data.gene_weight)
+    return run(kinetics, data.obs_u, data.obs_s, data.inv_sd_u, data.inv_sd_s, data.gene_weight)[: data.n_cells]
 
 
 def evaluate_fit(result: FitResult, *, project: bool = True):
     """Prediction for all cells of the fitted model (numpy arrays in a dict)."""
     pred = eqx.filter_jit(predict)(
-        result.model, result.data.features, result.integrator, horizon=result.loss_cfg.horizon, project=project
+        result.model, result.data.features[: result.data.n_cells], result.integrator, horizon=result.loss_cfg.horizon, project=project
     )
     return pred

@@ -13,17 +13,20 @@ def reconstruction(pred_u, pred_s, obs_u, obs_s, inv_sd_u, inv_sd_s, gene_weight
     return 0.5 * jnp.mean(r @ gene_weight) / jnp.maximum(jnp.sum(gene_weight), _EPS)
 
 
-def consistency(velocity, spliced, projected_spliced, horizon, inv_sd_s):
-    """Agreement of velocity*dt with the change to the projected state, per cell across genes.
-
-    (1 - cosine) plus the squared log-ratio of the two norms.
-    """
+def consistency_per_cell(velocity, spliced, projected_spliced, horizon, inv_sd_s):
+    """Per cell: (1 - cosine) between velocity*dt and the change to the projected state, plus the
+    squared log-ratio of their norms (genes scaled by 1/std of spliced)."""
     step = velocity * horizon * inv_sd_s
     change = (projected_spliced - spliced) * inv_sd_s
     n_step = jnp.sqrt(jnp.sum(step**2, axis=-1) + _EPS)
     n_change = jnp.sqrt(jnp.sum(change**2, axis=-1) + _EPS)
     cos = jnp.sum(step * change, axis=-1) / (n_step * n_change)
-    return jnp.mean(1.0 - cos) + jnp.mean((jnp.log(n_step) - jnp.log(n_change)) ** 2)
+    return (1.0 - cos) + (jnp.log(n_step) - jnp.log(n_change)) ** 2
+
+
+def consistency(velocity, spliced, projected_spliced, horizon, inv_sd_s):
+    """Mean over cells of :func:`consistency_per_cell`."""
+    return jnp.mean(consistency_per_cell(velocity, spliced, projected_spliced, horizon, inv_sd_s))
 
 
 def weighted_sum(terms: dict, weights: dict):

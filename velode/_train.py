@@ -12,8 +12,8 @@ import optax
 
 from . import _loss
 from ._errors import SolverError
-from .model._model import VelocityModel, predict
-from .model._solve import Integrator
+from .model._model import VelocityModel
+from .model._solve import Integrator, prepare
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,32 +35,81 @@ class TrainerConfig:
     min_delta: float = 1e-4
     progress: bool = True
     log_every: int = 10
+    chunk_size: int = 128  # cells per chunk of the loss (cache-sized; see loss_terms)
 
 
 @dataclasses.dataclass
 class TrainData:
-    """Arrays the loss needs, passed to the jitted step as arguments (never closed over)."""
+    """Arrays the loss needs, passed to the jitted step as arguments (never closed over).
+
+    Cells are padded to a multiple of the chunk size; ``mask`` is 0 on the padding.
+    """
 
     features: jax.Array
     obs_u: jax.Array
     obs_s: jax.Array
+    mask: jax.Array
     inv_sd_u: jax.Array
     inv_sd_s: jax.Array
     gene_weight: jax.Array
+    n_cells: int
+    chunk: int
 
-    @property
-    def n_cells(self) -> int:
-        return self.features.shape[0]
+    @classmethod
+    def build(cls, features, obs_u, obs_s, inv_sd_u, inv_sd_s, gene_weight, chunk: int = 128):
+        n = features.shape[0]
+        chunk = int(max(1, min(chunk, n)))
+        pad = (-n) % chunk
+        padded = lambda a: jnp.pad(jnp.asarray(a, jnp.float32), ((0, pad), (0, 0)))  # noqa: E731
+        mask = jnp.concatenate([jnp.ones(n, jnp.float32), jnp.zeros(pad, jnp.float32)])
+        f32 = lambda a: jnp.asarray(a, jnp.float32)  # noqa: E731
+        return cls(padded(features), padded(obs_u), padded(obs_s), mask, f32(inv_sd_u), f32(inv_sd_s),
+                   f32(gene_weight), n, chunk)
+
+    def arrays(self):
+        return (self.features, self.obs_u, self.obs_s, self.mask, self.inv_sd_u, self.inv_sd_s, self.gene_weight)
 
 
-def loss_terms(model, features, obs_u, obs_s, inv_sd_u, inv_sd_s, gene_weight, integrator, loss_cfg):
+def loss_terms(model, features, obs_u, obs_s, mask, inv_sd_u, inv_sd_s, gene_weight, integrator, loss_cfg, chunk):
+    """Weighted loss and its terms, computed in chunks of cells.
+
+    The step is memory-bound: a scan over chunks of ``chunk`` cells, each rematerialised in the
+    backward pass (jax.checkpoint), keeps the cells x genes temporaries in cache instead of
+    writing dozens of full-size arrays.
+    """
     project = loss_cfg.consistency_weight != 0
-    pred = predict(model, features, integrator, horizon=loss_cfg.horizon, project=project)
-    terms = {"reconstruction": _loss.reconstruction(pred.unspliced, pred.spliced, obs_u, obs_s, inv_sd_u, inv_sd_s, gene_weight)}
+    h = loss_cfg.horizon
+    kin = model.kinetics
+    t = model.encoder(features)
+    ev = prepare(kin, integrator, t_end=1.0 + (h if project else 0.0))
+    n_rows, n_genes = obs_u.shape
+    n_chunks = n_rows // chunk
+
+    def body(carry, xs):
+        t_c, u_c, s_c, m_c = xs
+        u, s = ev(t_c[:, None])
+        r = ((kin.scale * u - u_c) * inv_sd_u) ** 2 + ((s - s_c) * inv_sd_s) ** 2
+        rec = jnp.sum(m_c * (r @ gene_weight))
+        cons = jnp.zeros(())
+        if project:
+            _, s_next = ev(t_c[:, None] + h)
+            vel = kin.beta * u - kin.gamma * s
+            cons = jnp.sum(m_c * _loss.consistency_per_cell(vel, s, s_next, h, inv_sd_s))
+        return (carry[0] + rec, carry[1] + cons), None
+
+    xs = (
+        t.reshape(n_chunks, chunk),
+        obs_u.reshape(n_chunks, chunk, n_genes),
+        obs_s.reshape(n_chunks, chunk, n_genes),
+        mask.reshape(n_chunks, chunk),
+    )
+    (rec, cons), _ = jax.lax.scan(jax.checkpoint(body), (jnp.zeros(()), jnp.zeros(())), xs)
+    n_cells = jnp.sum(mask)
+    terms = {"reconstruction": 0.5 * rec / (n_cells * jnp.maximum(jnp.sum(gene_weight), 1e-8))}
     if project:
-        terms["consistency"] = _loss.consistency(pred.velocity, pred.spliced, pred.projected_spliced, loss_cfg.horizon, inv_sd_s)
+        terms["consistency"] = cons / n_cells
     weights = {"reconstruction": loss_cfg.reconstruction_weight, "consistency": loss_cfg.consistency_weight}
-    return _loss.weighted_sum(terms, weights), (terms, pred.info)
+    return _loss.weighted_sum(terms, weights), (terms, ev.info)
 
 
 def make_optimizer(model: VelocityModel, cfg: TrainerConfig):
@@ -87,12 +136,13 @@ def make_optimizer(model: VelocityModel, cfg: TrainerConfig):
 
 
 @eqx.filter_jit
-def _step(model, opt_state, idx, data_arrays, optimizer, integrator, loss_cfg):
-    features, obs_u, obs_s, inv_sd_u, inv_sd_s, gene_weight = data_arrays
+def _step(model, opt_state, idx, data_arrays, optimizer, integrator, loss_cfg, chunk):
+    features, obs_u, obs_s, mask, inv_sd_u, inv_sd_s, gene_weight = data_arrays
     if idx is not None:
-        features, obs_u, obs_s = features[idx], obs_u[idx], obs_s[idx]
+        idx, idx_mask = idx
+        features, obs_u, obs_s, mask = features[idx], obs_u[idx], obs_s[idx], mask[idx] * idx_mask
     (loss, (terms, info)), grads = eqx.filter_value_and_grad(loss_terms, has_aux=True)(
-        model, features, obs_u, obs_s, inv_sd_u, inv_sd_s, gene_weight, integrator, loss_cfg
+        model, features, obs_u, obs_s, mask, inv_sd_u, inv_sd_s, gene_weight, integrator, loss_cfg, chunk
     )
     updates, opt_state = optimizer.update(grads, opt_state, eqx.filter(model, eqx.is_inexact_array))
     model = eqx.apply_updates(model, updates)
@@ -146,9 +196,12 @@ class Trainer:
         """Advance ``state`` up to step ``until`` (default trainer.max_steps), a plateau, or a non-finite loss."""
         cfg = self.cfg
         until = cfg.max_steps if until is None else min(until, cfg.max_steps)
-        arrays = (data.features, data.obs_u, data.obs_s, data.inv_sd_u, data.inv_sd_s, data.gene_weight)
+        arrays = data.arrays()
         n = data.n_cells
         batch = None if cfg.batch_size is None or cfg.batch_size >= n else int(cfg.batch_size)
+        chunk = data.chunk if batch is None else int(min(data.chunk, batch))
+        pad = 0 if batch is None else (-batch) % chunk
+        batch_mask = None if batch is None else jnp.concatenate([jnp.ones(batch), jnp.zeros(pad)])
         hist = state.history["total"]
         best = min(hist) if hist else math.inf
         since_best = len(hist) - 1 - int(np.argmin(hist)) if hist else 0
@@ -166,10 +219,11 @@ class Trainer:
                     if pos + batch > n:
                         state.key, sub = jax.random.split(state.key)
                         perm, pos = jax.random.permutation(sub, n), 0
-                    idx, pos = perm[pos : pos + batch], pos + batch
+                    idx = (jnp.concatenate([perm[pos : pos + batch], jnp.zeros(pad, perm.dtype)]), batch_mask)
+                    pos += batch
                 t0 = time.perf_counter()
                 model, opt_state, loss, terms, info = _step(
-                    state.model, state.opt_state, idx, arrays, self.optimizer, self.integrator, self.loss_cfg
+                    state.model, state.opt_state, idx, arrays, self.optimizer, self.integrator, self.loss_cfg, chunk
                 )
                 loss = float(loss)
                 if state.compile_seconds == 0.0:
@@ -207,9 +261,7 @@ class Trainer:
 
 
 def loss_value(model, data: TrainData, integrator: Integrator, loss_cfg: LossConfig) -> float:
-    loss, _ = eqx.filter_jit(loss_terms)(
-        model, data.features, data.obs_u, data.obs_s, data.inv_sd_u, data.inv_sd_s, data.gene_weight, integrator, loss_cfg
-    )
+    loss, _ = eqx.filter_jit(loss_terms)(model, *data.arrays(), integrator, loss_cfg, data.chunk)
     return float(loss)
 
 

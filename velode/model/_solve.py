@@ -48,10 +48,11 @@ def _no_info():
 
 class _Grid(eqx.Module):
     h: float
-    u: jax.Array  # (grid, genes)
+    u: jax.Array  # (grid, genes), or several grids stacked along the first axis
     s: jax.Array
     du: jax.Array
     ds: jax.Array
+    n: int = eqx.field(static=True)  # points per grid
 
 
 def _solve_on_grid(integrator: Integrator, u0, s0, args, t_end: float):
@@ -84,15 +85,21 @@ def _solve_on_grid(integrator: Integrator, u0, s0, args, t_end: float):
     )
     # Failed solves fill ys with inf; keep the arithmetic finite so the failure is reported, not NaN'd.
     clean = lambda a: jnp.where(jnp.isfinite(a), a, 0.0)  # noqa: E731
-    return _Grid(t_end / (integrator.n_grid - 1), clean(u), clean(s), clean(du), clean(ds)), info
+    grid = _Grid(t_end / (integrator.n_grid - 1), clean(u), clean(s), clean(du), clean(ds), integrator.n_grid)
+    return grid, info
 
 
-def _hermite(grid: _Grid, q):
-    """Values (u, s) at query times q (rows, genes), each gene reading its own column of the grid."""
-    n = grid.u.shape[0]
+def _hermite(grid: _Grid, q, offset=None):
+    """Values (u, s) at query times q (rows, genes), each gene reading its own column of the grid.
+
+    ``offset`` (rows, genes) of ints, if given, selects a block of a grid made of stacked grids.
+    """
+    n = grid.n
     x = jnp.clip(q / grid.h, 0.0, n - 1.0)
     k = jnp.minimum(jnp.floor(jax.lax.stop_gradient(x)), n - 2).astype(jnp.int32)
     th = x - k
+    if offset is not None:
+        k = k + offset
     th2, th3 = th * th, th * th * th
     h00, h10, h01, h11 = 2 * th3 - 3 * th2 + 1, th3 - 2 * th2 + th, -2 * th3 + 3 * th2, th3 - th2
     take = lambda a, idx: jnp.take_along_axis(a, idx, axis=0)  # noqa: E731
@@ -103,36 +110,74 @@ def _hermite(grid: _Grid, q):
     return interp(grid.u, grid.du), interp(grid.s, grid.ds)
 
 
+def _stack(a: _Grid, b: _Grid) -> _Grid:
+    cat = lambda x, y: jnp.concatenate([x, y], axis=0)  # noqa: E731
+    return _Grid(a.h, cat(a.u, b.u), cat(a.s, b.s), cat(a.du, b.du), cat(a.ds, b.ds), a.n)
+
+
+class Evaluator(eqx.Module):
+    """The kinetics made ready to be read at any times in [0, t_end]: grids solved once per step."""
+
+    kinetics: AbstractKinetics
+    analytic: bool = eqx.field(static=True)
+    grid: _Grid | None  # induction grid, with the repression grid stacked after it for switching kinetics
+    info: SolveInfo
+
+    def __call__(self, t):
+        """(u, s) at times t of shape (rows, 1) or (rows, genes); u in model (unscaled) units."""
+        kin = self.kinetics
+        t_sw = kin.switch_time()
+        if self.analytic:
+            if t_sw is None:
+                return solve_constant(kin.u0, kin.s0, kin.alpha, kin.beta, kin.gamma, t)
+            # One closed-form pass per entry: from the start before the switch, from the switch state after.
+            u_sw, s_sw = solve_constant(kin.u0, kin.s0, kin.alpha, kin.beta, kin.gamma, t_sw)
+            on = t < t_sw
+            return solve_constant(
+                jnp.where(on, kin.u0, u_sw),
+                jnp.where(on, kin.s0, s_sw),
+                jnp.where(on, kin.alpha, 0.0),
+                kin.beta,
+                kin.gamma,
+                jnp.where(on, t, t - t_sw),
+            )
+        t = jnp.broadcast_to(t, t.shape[:-1] + (kin.n_genes,))
+        if t_sw is None:
+            return _hermite(self.grid, t)
+        # One interpolation per entry: on the induction grid before the switch, after it on the
+        # repression grid (stacked below) at the time since the switch.
+        on = t < t_sw
+        return _hermite(self.grid, jnp.where(on, t, t - t_sw), jnp.where(on, 0, self.grid.n))
+
+
+def prepare(kinetics: AbstractKinetics, integrator: Integrator, t_end: float) -> Evaluator:
+    """Solve what must be solved (nothing for the closed form) so the kinetics can be read at any time."""
+    if integrator.analytic:
+        return Evaluator(kinetics, True, None, _no_info())
+    alpha, beta, gamma = kinetics.alpha, kinetics.beta, kinetics.gamma
+    grid_on, info = _solve_on_grid(integrator, kinetics.u0, kinetics.s0, (alpha, beta, gamma), t_end)
+    t_sw = kinetics.switch_time()
+    grid = grid_on
+    if t_sw is not None:
+        u_sw, s_sw = _hermite(grid_on, t_sw[None, :])
+        grid_off, info_off = _solve_on_grid(
+            integrator, u_sw[0], s_sw[0], (jnp.zeros_like(alpha), beta, gamma), t_end
+        )
+        info = SolveInfo(
+            info.ok & info_off.ok,
+            info.num_steps + info_off.num_steps,
+            info.num_accepted_steps + info_off.num_accepted_steps,
+            info.num_rejected_steps + info_off.num_rejected_steps,
+        )
+        grid = _stack(grid_on, grid_off)
+    return Evaluator(kinetics, False, grid, info)
+
+
 def evaluate(kinetics: AbstractKinetics, t, integrator: Integrator, t_end: float):
     """(u, s) of every gene at times t (cells, 1) or (cells, genes); returns (u, s, SolveInfo).
 
     ``t_end`` bounds the times asked for (latent time 1 plus the projection horizon).
     """
-    alpha, beta, gamma = kinetics.alpha, kinetics.beta, kinetics.gamma
-    u0, s0 = kinetics.u0, kinetics.s0
-    t_sw = kinetics.switch_time()
-    if integrator.analytic:
-        if t_sw is None:
-            u, s = solve_constant(u0, s0, alpha, beta, gamma, t)
-            return u, s, _no_info()
-        u1, s1 = solve_constant(u0, s0, alpha, beta, gamma, jnp.minimum(t, t_sw))
-        u, s = solve_constant(u1, s1, 0.0, beta, gamma, jnp.maximum(t - t_sw, 0.0))
-        return u, s, _no_info()
-
-    grid_on, info_on = _solve_on_grid(integrator, u0, s0, (alpha, beta, gamma), t_end)
-    t = jnp.broadcast_to(t, t.shape[:-1] + (kinetics.n_genes,))
-    if t_sw is None:
-        u, s = _hermite(grid_on, t)
-        return u, s, info_on
-    u_sw, s_sw = _hermite(grid_on, t_sw[None, :])
-    grid_off, info_off = _solve_on_grid(integrator, u_sw[0], s_sw[0], (jnp.zeros_like(alpha), beta, gamma), t_end)
-    u_a, s_a = _hermite(grid_on, jnp.minimum(t, t_sw))
-    u_b, s_b = _hermite(grid_off, jnp.maximum(t - t_sw, 0.0))
-    on = t < t_sw
-    info = SolveInfo(
-        info_on.ok & info_off.ok,
-        info_on.num_steps + info_off.num_steps,
-        info_on.num_accepted_steps + info_off.num_accepted_steps,
-        info_on.num_rejected_steps + info_off.num_rejected_steps,
-    )
-    return jnp.where(on, u_a, u_b), jnp.where(on, s_a, s_b), info
+    ev = prepare(kinetics, integrator, t_end)
+    u, s = ev(t)
+    return u, s, ev.info
