@@ -1,6 +1,5 @@
 """Reading count data and checking it can be fitted."""
 
-from __future__ import annotations
 
 import os
 import warnings

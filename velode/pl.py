@@ -5,7 +5,6 @@ is never shown or closed behind the caller's back), returns it, and writes it as
 ``save`` is given.
 """
 
-from __future__ import annotations
 
 import math
 import os

@@ -1,6 +1,5 @@
 """Preprocessing: gene filtering, per-cell normalisation, highly variable genes and kNN moments."""
 
-from __future__ import annotations
 
 import logging
 import warnings

@@ -1,6 +1,5 @@
 """Switching splicing kinetics (induction, then repression) with exact ground truth."""
 
-from __future__ import annotations
 
 import math
 from collections.abc import Sequence

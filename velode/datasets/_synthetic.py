@@ -1,6 +1,5 @@
 """A small, fast synthetic dataset: induction-only splicing kinetics with Gaussian noise."""
 
-from __future__ import annotations
 
 import numpy as np
 import pandas as pd

@@ -1,6 +1,5 @@
 """Velocity graph (cosines between velocities and neighbour displacements) and its projection on an embedding."""
 
-from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sp

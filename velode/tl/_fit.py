@@ -1,0 +1,201 @@
+"""``velode.tl.fit``: fit the model to an AnnData and write scVelo's keys in place."""
+
+import dataclasses
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from anndata import AnnData
+
+from .._errors import ConfigError, InputError
+from .._fit import KINETICS, FitResult, ModelConfig, evaluate_fit, fit_arrays
+from .._train import LossConfig, TrainerConfig
+from ..model._kinetics import DynamicalKinetics, StandardKinetics
+from ..model._solve import Integrator, evaluate
+
+
+def _config(cls, value, what: str):
+    if value is None:
+        return cls()
+    if isinstance(value, cls):
+        return value
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(value) - known)
+    if unknown:
+        raise ConfigError(f"unknown {what} option(s) {unknown}: known options are {sorted(known)}")
+    return cls(**value)
+
+
+def _dense(x) -> np.ndarray:
+    return np.asarray(x.toarray() if hasattr(x, "toarray") else x, dtype=np.float32)
+
+
+def _check_layer(adata: AnnData, key: str) -> np.ndarray:
+    if key not in adata.layers:
+        raise InputError(
+            f"no layers[{key!r}] to fit: run velode.pp.preprocess(adata) first "
+            "(method='none' fits the spliced/unspliced layers as they are)"
+        )
+    x = _dense(adata.layers[key])
+    if not np.all(np.isfinite(x)):
+        raise InputError(f"layers[{key!r}] has {int((~np.isfinite(x)).sum())} NaN or infinite values: clean the data first")
+    if np.any(x < 0):
+        raise InputError(f"layers[{key!r}] has {int((x < 0).sum())} negative values: velode needs non-negative counts")
+    return x
+
+
+def gene_r2(obs_u, obs_s, pred_u, pred_s) -> np.ndarray:
+    """Per-gene coefficient of determination of the joint (u, s) fit, each layer scaled by its variance."""
+    def one(obs, pred):
+        var = obs.var(0)
+        res = ((obs - pred) ** 2).mean(0)
+        return np.where(var > 0, res / np.maximum(var, 1e-12), np.inf)
+
+    return 1.0 - 0.5 * (one(obs_u, pred_u) + one(obs_s, pred_s))
+
+
+def fit(
+    adata: AnnData,
+    *,
+    kinetics: str = "dynamical",
+    solver: diffrax.AbstractSolver | None = None,
+    stepsize_controller: diffrax.AbstractStepSizeController | None = None,
+    adjoint: diffrax.AbstractAdjoint | None = None,
+    max_steps: int = 4096,
+    dt0: float | None = None,
+    n_grid: int = 129,
+    model: ModelConfig | dict | None = None,
+    loss: LossConfig | dict | None = None,
+    trainer: TrainerConfig | dict | None = None,
+    r2_min: float = 0.1,
+    root_cluster: str | None = None,
+    cluster_key: str = "clusters",
+    spliced_key: str = "Ms",
+    unspliced_key: str = "Mu",
+    seed: int = 0,
+) -> FitResult:
+    """Fit a shared latent time and per-gene kinetics to ``adata``; write the results in place.
+
+    ``solver=None`` uses the exact closed form; a Diffrax solver (``diffrax.Tsit5()``...) integrates
+    the kinetics numerically with ``stepsize_controller`` (default PID, rtol 1e-3, atol 1e-6),
+    ``adjoint`` and ``max_steps``. ``root_cluster`` (a category of ``obs[cluster_key]``) fixes which
+    end of the trajectory comes first; otherwise both directions are tried and the better fit wins.
+
+    Sets:
+      ``layers["velocity"]`` (ds/dt, cells x genes), ``layers["velocity_u"]`` (du/dt),
+      ``layers["fit_s"]``, ``layers["fit_u"]`` (fitted states), ``obs["latent_time"]`` (in [0, 1]),
+      ``var["fit_alpha"|"fit_beta"|"fit_gamma"|"fit_scaling"|"fit_alpha0"|"fit_t_"|"fit_r2"]``,
+      ``var["velocity_genes"]`` (fit R^2 > ``r2_min``), ``uns["velode"]`` (settings and training record).
+
+    Returns the :class:`FitResult` (model and training state), e.g. for saving the model.
+    """
+    if kinetics not in KINETICS:
+        raise ConfigError(f"unknown kinetics {kinetics!r}: choose one of {sorted(KINETICS)}")
+    model_cfg = _config(ModelConfig, model, "model")
+    model_cfg = dataclasses.replace(model_cfg, kinetics=kinetics)
+    loss_cfg = _config(LossConfig, loss, "loss")
+    trainer_cfg = _config(TrainerConfig, trainer, "trainer")
+    if adata.n_obs < 2 or adata.n_vars < 1:
+        raise InputError(f"cannot fit {adata.n_obs} cells x {adata.n_vars} genes: need at least 2 cells and 1 gene")
+    obs_s = _check_layer(adata, spliced_key)
+    obs_u = _check_layer(adata, unspliced_key)
+    if obs_s.shape != obs_u.shape:
+        raise InputError(f"layers {spliced_key!r} {obs_s.shape} and {unspliced_key!r} {obs_u.shape} differ in shape")
+    root_mask = None
+    if root_cluster is not None:
+        if cluster_key not in adata.obs:
+            raise InputError(f"root_cluster given but obs[{cluster_key!r}] does not exist: set cluster_key to a column of obs")
+        labels = adata.obs[cluster_key].astype(str).to_numpy()
+        if root_cluster not in set(labels):
+            raise InputError(f"root_cluster {root_cluster!r} is not a category of obs[{cluster_key!r}]")
+        root_mask = labels == root_cluster
+    if solver is not None and stepsize_controller is None:
+        stepsize_controller = diffrax.PIDController(rtol=1e-3, atol=1e-6)
+    integrator = Integrator(
+        solver=solver,
+        stepsize_controller=stepsize_controller if stepsize_controller is not None else diffrax.ConstantStepSize(),
+        adjoint=adjoint if adjoint is not None else diffrax.RecursiveCheckpointAdjoint(),
+        max_steps=int(max_steps),
+        dt0=dt0,
+        n_grid=int(n_grid),
+    )
+    result = fit_arrays(
+        obs_s, obs_u, model_cfg=model_cfg, integrator=integrator, loss_cfg=loss_cfg, trainer_cfg=trainer_cfg,
+        seed=seed, root_mask=root_mask,
+    )
+    write_result(adata, result, obs_s, obs_u, r2_min=r2_min)
+    return result
+
+
+def write_result(adata: AnnData, result: FitResult, obs_s, obs_u, *, r2_min: float) -> None:
+    """Write a fit's outputs into ``adata`` under scVelo's key names."""
+    pred = evaluate_fit(result, project=False)
+    if not bool(pred.info.ok):
+        from .._train import solver_failure_message
+        from .._errors import SolverError
+
+        raise SolverError(solver_failure_message(result.integrator, "when evaluating the fitted model"))
+    kin = result.model.kinetics
+    np_ = lambda x: np.asarray(jax.device_get(x), dtype=np.float32)  # noqa: E731
+    fit_u, fit_s = np_(pred.unspliced), np_(pred.spliced)
+    r2 = gene_r2(obs_u, obs_s, fit_u, fit_s)
+    velocity, velocity_u = np_(pred.velocity), np_(pred.velocity_u)
+    if not (np.all(np.isfinite(velocity)) and np.all(np.isfinite(fit_s))):
+        from .._errors import SolverError
+
+        raise SolverError("the fitted model gives non-finite velocities: lower trainer.lr or check the input data")
+    adata.layers["velocity"] = velocity
+    adata.layers["velocity_u"] = velocity_u
+    adata.layers["fit_s"] = fit_s
+    adata.layers["fit_u"] = fit_u
+    adata.obs["latent_time"] = np_(pred.latent_time)
+    adata.var["fit_alpha"] = np_(kin.alpha)
+    adata.var["fit_beta"] = np_(kin.beta)
+    adata.var["fit_gamma"] = np_(kin.gamma)
+    adata.var["fit_scaling"] = np_(kin.scale)
+    adata.var["fit_alpha0"] = np_(kin.alpha0)
+    t_sw = kin.switch_time()
+    adata.var["fit_t_"] = np_(t_sw) if t_sw is not None else np.full(adata.n_vars, np.inf, np.float32)
+    adata.var["fit_r2"] = r2.astype(np.float32)
+    adata.var["velocity_genes"] = np.isfinite(r2) & (r2 > r2_min)
+    st = result.state
+    adata.uns["velode"] = {
+        "kinetics": type(kin).__name__,
+        "solver": "analytic" if result.integrator.solver is None else type(result.integrator.solver).__name__,
+        "orientation": result.orientation,
+        "probe_losses": {k: float(v) for k, v in result.probe_losses.items()},
+        "steps": int(st.step),
+        "status": st.status,
+        "final_loss": float(st.history["total"][-1]) if st.history["total"] else float("nan"),
+        "fit_seconds": float(result.fit_seconds),
+        "compile_seconds": float(st.compile_seconds),
+        "n_velocity_genes": int(adata.var["velocity_genes"].sum()),
+        "r2_min": float(r2_min),
+        "history": {k: np.asarray(v, np.float32) for k, v in st.history.items()},
+        "solver_stats": {k: int(v) for k, v in st.solver_stats.items()},
+    }
+
+
+def fitted_curves(adata: AnnData, n_points: int = 200):
+    """Trajectories of the fitted kinetics over latent time [0, 1], from the ``var["fit_*"]`` columns.
+
+    Returns (t (points,), u (genes x points, observed unspliced units), s (genes x points)).
+    """
+    need = ["fit_alpha", "fit_beta", "fit_gamma", "fit_scaling", "fit_alpha0", "fit_t_"]
+    missing = [k for k in need if k not in adata.var]
+    if missing:
+        raise InputError(f"no var{missing} in this AnnData: run velode.tl.fit(adata) first")
+    v = {k: adata.var[k].to_numpy(np.float64) for k in need}
+    rate_max = 1.01 * float(max(v["fit_beta"].max(), v["fit_gamma"].max())) + 1e-6
+    common = dict(alpha=v["fit_alpha"], beta=v["fit_beta"], gamma=v["fit_gamma"], scale=v["fit_scaling"],
+                  alpha0=v["fit_alpha0"], rate_max=rate_max)
+    if np.all(np.isfinite(v["fit_t_"])):
+        t_sw = v["fit_t_"]
+        kin = DynamicalKinetics(adata.n_vars, switch=t_sw, switch_max=1.01 * float(t_sw.max()) + 1e-6, **common)
+    else:
+        kin = StandardKinetics(adata.n_vars, **common)
+    t = np.linspace(0.0, 1.0, n_points)
+    u, s, _ = evaluate(kin, jnp.asarray(t)[:, None], Integrator(), t_end=1.0)
+    return t, np.asarray(u * kin.scale).T, np.asarray(s).T
