@@ -53,6 +53,7 @@ class FitResult:
     probe_losses: dict
     fit_seconds: float
     setup_seconds: float
+    compile_seconds: float
 
 
 def _scaled_time(x):
@@ -79,36 +80,32 @@ def _init_kinetics(kind: str, t, obs_s, obs_u, cfg: ModelConfig):
     return DynamicalKinetics(n_genes, switch=np.clip(peak, 0.1, 0.95), **common)
 
 
-def _pretrain_encoder(encoder: TimeEncoder, features, target, steps: int):
-    """Fit the encoder to a starting clock (in logit space) so training starts from a sensible ordering."""
-    if steps <= 0:
-        return encoder
-    opt = optax.adam(1e-2)
-    logit = jnp.log(target) - jnp.log1p(-target)
+_PRETRAIN_OPT = optax.adam(1e-2)
 
-    def loss(enc):
-        z = jax.vmap(enc.mlp)(features)
+
+@eqx.filter_jit
+def _pretrain_scan(encoder: TimeEncoder, features, logit, steps: int):
+    params, static = eqx.partition(encoder, eqx.is_inexact_array)
+
+    def loss(p):
+        z = jax.vmap(eqx.combine(p, static).mlp)(features)
         return jnp.mean((z - logit) ** 2)
 
-    @eqx.filter_jit
-    def run(enc):
-        def body(carry, _):
-            enc, st = carry
-            g = eqx.filter_grad(loss)(enc)
-            upd, st = opt.update(g, st, eqx.filter(enc, eqx.is_inexact_array))
-            return (eqx.apply_updates(enc, upd), st), None
+    def body(carry, _):
+        p, st = carry
+        upd, st = _PRETRAIN_OPT.update(jax.grad(loss)(p), st, p)
+        return (optax.apply_updates(p, upd), st), None
 
-        params, static = eqx.partition(enc, eqx.is_inexact_array)
+    (params, _), _ = jax.lax.scan(body, (params, _PRETRAIN_OPT.init(params)), None, length=steps)
+    return eqx.combine(params, static)
 
-        def body_p(carry, x):
-            p, st = carry
-            (e, st), _ = body((eqx.combine(p, static), st), x)
-            return (eqx.partition(e, eqx.is_inexact_array)[0], st), None
 
-        (params, _), _ = jax.lax.scan(body_p, (params, opt.init(params)), None, length=steps)
-        return eqx.combine(params, static)
-
-    return run(encoder)
+def _pretrain_encoder(encoder: TimeEncoder, features, target, steps: int) -> TimeEncoder:
+    """Fit the encoder to a given clock (in logit space): a starting ordering, or times found on a grid."""
+    if steps <= 0:
+        return encoder
+    target = jnp.clip(jnp.asarray(target, features.dtype), 0.01, 0.99)
+    return _pretrain_scan(encoder, features, jnp.log(target) - jnp.log1p(-target), int(steps))
 
 
 def _reverse(encoder: TimeEncoder) -> TimeEncoder:
@@ -176,30 +173,34 @@ def fit_arrays(
         for r in range(model_cfg.assign_rounds):
             state = trainer.run(state, data, until=state.step + per_round, desc=f"round {r + 1}")
             t_best = assign_times(state.model.kinetics, data, integrator, model_cfg.assign_grid)
-            enc = _pretrain_encoder(
-                state.model.encoder, data.features[: data.n_cells], jnp.clip(t_best, 0.01, 0.99), model_cfg.pretrain_steps
-            )
+            enc = _pretrain_encoder(state.model.encoder, data.features[: data.n_cells], t_best, model_cfg.pretrain_steps)
             state.model = eqx.tree_at(lambda m: m.encoder, state.model, enc)
     state = trainer.run(state, data)
     fit_seconds = time.perf_counter() - t_fit + setup_seconds
-    return FitResult(state.model, state, data, integrator, loss_cfg, orientation, probe_losses, fit_seconds, setup_seconds)
+    return FitResult(
+        state.model, state, data, integrator, loss_cfg, orientation, probe_losses, fit_seconds, setup_seconds,
+        trainer.compile_seconds,
+    )
+
+
+@eqx.filter_jit
+def _assign(kinetics, obs_u, obs_s, inv_u, inv_s, w, integrator, n_grid: int):
+    grid = jnp.linspace(0.0, 1.0, n_grid)
+    u, s, _ = evaluate(kinetics, grid[:, None], integrator, t_end=1.0)
+    u = u * kinetics.scale
+    wu, ws = w * inv_u**2, w * inv_s**2
+    # ||x - p_k||^2_w = x.wx - 2 x.w p_k + p_k.w p_k, as matrix products (cells x grid).
+    cross = (obs_u * wu) @ u.T + (obs_s * ws) @ s.T
+    norm = (u**2) @ wu + (s**2) @ ws
+    return grid[jnp.argmin(norm[None, :] - 2 * cross, axis=1)]
 
 
 def assign_times(kinetics, data: TrainData, integrator: Integrator, n_grid: int):
     """Each cell's best time on a uniform grid of [0, 1] given the kinetics (weighted least squares)."""
 
-    @eqx.filter_jit
-    def run(kinetics, obs_u, obs_s, inv_u, inv_s, w):
-        grid = jnp.linspace(0.0, 1.0, n_grid)
-        u, s, _ = evaluate(kinetics, grid[:, None], integrator, t_end=1.0)
-        u = u * kinetics.scale
-        wu, ws = w * inv_u**2, w * inv_s**2
-        # ||x - p_k||^2_w = x.wx - 2 x.w p_k + p_k.w p_k, as matrix products (cells x grid).
-        cross = (obs_u * wu) @ u.T + (obs_s * ws) @ s.T
-        norm = (u**2) @ wu + (s**2) @ ws
-        return grid[jnp.argmin(norm[None, :] - 2 * cross, axis=1)]
-
-    return run(kinetics, data.obs_u, data.obs_s, data.inv_sd_u, data.inv_sd_s, data.gene_weight)[: data.n_cells]
+    return _assign(kinetics, data.obs_u, data.obs_s, data.inv_sd_u, data.inv_sd_s, data.gene_weight, integrator, n_grid)[
+        : data.n_cells
+    ]
 
 
 def evaluate_fit(result: FitResult, *, project: bool = True):

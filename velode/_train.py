@@ -117,8 +117,10 @@ def make_optimizer(model: VelocityModel, cfg: TrainerConfig):
         if cfg.schedule == "constant":
             return lr
         if cfg.schedule == "cosine":
+            if cfg.warmup_steps <= 0:
+                return optax.cosine_decay_schedule(lr, max(cfg.max_steps, 1), alpha=0.05)
             return optax.warmup_cosine_decay_schedule(
-                0.0 if cfg.warmup_steps else lr, lr, cfg.warmup_steps, max(cfg.max_steps, cfg.warmup_steps + 1), lr * 0.05
+                0.0, lr, cfg.warmup_steps, max(cfg.max_steps, cfg.warmup_steps + 1), lr * 0.05
             )
         raise ValueError(f"unknown trainer.schedule {cfg.schedule!r}: use 'cosine' or 'constant'")
 
@@ -172,7 +174,6 @@ class TrainState:
     status: str = "ok"  # "ok" or "diverged"
     message: str = ""
     stopped_early: bool = False
-    compile_seconds: float = 0.0
     train_seconds: float = 0.0
 
 
@@ -184,6 +185,8 @@ class Trainer:
         self.loss_cfg = loss_cfg
         self.cfg = cfg
         self.optimizer = make_optimizer(model, cfg)
+        self.compiled = False
+        self.compile_seconds = 0.0  # wall time of the first step (compilation and one step)
 
     def init(self, model: VelocityModel, key) -> TrainState:
         state = TrainState(model, self.optimizer.init(eqx.filter(model, eqx.is_inexact_array)), key)
@@ -210,7 +213,8 @@ class Trainer:
         if cfg.progress and until > state.step:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=until, initial=state.step, desc=desc, leave=False, dynamic_ncols=True)
+            # disable=None: a bar on a terminal, nothing in a log file or a CI run.
+            bar = tqdm(total=until, initial=state.step, desc=desc, leave=False, dynamic_ncols=True, disable=None)
         t_start = time.perf_counter()
         try:
             while state.step < until:
@@ -226,8 +230,9 @@ class Trainer:
                     state.model, state.opt_state, idx, arrays, self.optimizer, self.integrator, self.loss_cfg, chunk
                 )
                 loss = float(loss)
-                if state.compile_seconds == 0.0:
-                    state.compile_seconds = time.perf_counter() - t0
+                if not self.compiled:
+                    self.compile_seconds = time.perf_counter() - t0
+                    self.compiled = True
                 if not bool(info.ok):
                     raise SolverError(solver_failure_message(self.integrator, f"at training step {state.step + 1}"))
                 if not math.isfinite(loss):

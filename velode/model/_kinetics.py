@@ -97,7 +97,7 @@ class AbstractKinetics(eqx.Module):
 
 
 def _init_fields(n_genes, rate_max, alpha, beta, gamma, scale, alpha0):
-    full = lambda v: jnp.broadcast_to(jnp.asarray(v), (n_genes,))  # noqa: E731
+    full = lambda v: jnp.broadcast_to(jnp.asarray(v, dtype=float), (n_genes,))  # noqa: E731
     return dict(
         raw_alpha=_inv_softplus(jnp.maximum(full(alpha), 1e-6)),
         raw_beta=_logit(jnp.clip(full(beta) / rate_max, 1e-6, 1 - 1e-6)),
@@ -130,7 +130,7 @@ class DynamicalKinetics(AbstractKinetics):
                  switch=0.5, rate_max: float = 50.0, switch_max: float = 1.5):
         for name, value in _init_fields(n_genes, rate_max, alpha, beta, gamma, scale, alpha0).items():
             setattr(self, name, value)
-        sw = jnp.broadcast_to(jnp.asarray(switch), (n_genes,))
+        sw = jnp.broadcast_to(jnp.asarray(switch, dtype=float), (n_genes,))
         self.raw_switch = _logit(jnp.clip(sw / switch_max, 1e-4, 1 - 1e-4))
         self.switch_max = float(switch_max)
 

@@ -170,7 +170,7 @@ def write_result(adata: AnnData, result: FitResult, obs_s, obs_u, *, r2_min: flo
         "status": st.status,
         "final_loss": float(st.history["total"][-1]) if st.history["total"] else float("nan"),
         "fit_seconds": float(result.fit_seconds),
-        "compile_seconds": float(st.compile_seconds),
+        "compile_seconds": float(result.compile_seconds),
         "n_velocity_genes": int(adata.var["velocity_genes"].sum()),
         "r2_min": float(r2_min),
         "history": {k: np.asarray(v, np.float32) for k, v in st.history.items()},

@@ -1,0 +1,57 @@
+"""The ``velode`` command: a Hydra app around :func:`velode._run.run`."""
+
+import logging
+import sys
+import traceback
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from . import _outputs
+from ._errors import VelodeError
+
+log = logging.getLogger("velode")
+
+# conf/ sits beside the package in the source tree (an editable install: `pip install -e .`).
+CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
+def _app(cfg: DictConfig):
+    from hydra.types import RunMode
+
+    from ._run import run
+
+    hc = HydraConfig.get()
+    out_dir = Path(hc.runtime.output_dir)
+    multirun = hc.mode == RunMode.MULTIRUN
+    try:
+        metrics = run(cfg, out_dir)
+    except VelodeError as err:
+        return _fail(out_dir, f"{type(err).__name__}: {err}", str(err), multirun)
+    except Exception as err:  # a multirun goes on; a single run reports and exits non-zero
+        if not multirun:
+            raise
+        log.error("job failed:\n%s", traceback.format_exc())
+        return _fail(out_dir, f"{type(err).__name__}: {err}", str(err), multirun)
+    log.info("wrote %s (status %s, %.1f s fit)", out_dir, metrics["status"], metrics["fit_seconds"])
+    return metrics["final_loss"]
+
+
+def _fail(out_dir: Path, reason: str, message: str, multirun: bool):
+    _outputs.write_json(out_dir / "metrics.json", {"status": "failed", "error": reason})
+    if multirun:
+        log.error("job failed: %s", reason)
+        return float("nan")
+    print(f"velode: error: {message}", file=sys.stderr)
+    sys.exit(1)
+
+
+def main() -> None:
+    _app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,162 @@
+"""The main job: data -> preprocessing -> fit -> outputs, driven by a composed Hydra config."""
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+from anndata import AnnData
+from omegaconf import DictConfig, OmegaConf
+
+from . import _outputs, datasets, metrics, pp
+from ._errors import ConfigError, InputError
+from ._io import read
+
+log = logging.getLogger("velode")
+
+DATASETS = ("synthetic", "simulation", "pancreas", "h5ad")
+
+
+def load_data(cfg: DictConfig) -> AnnData:
+    """The AnnData named by the ``data`` config group."""
+    name = cfg.name
+    if name == "synthetic":
+        return datasets.synthetic(n_cells=cfg.n_cells, n_genes=cfg.n_genes, seed=cfg.seed)
+    if name == "simulation":
+        return datasets.simulation(
+            n_cells=cfg.n_cells, n_genes=cfg.n_genes, seed=cfg.seed, noise=cfg.noise, noise_level=cfg.noise_level
+        )
+    if name in ("pancreas", "h5ad"):
+        return read(cfg.path)
+    raise ConfigError(f"unknown data.name {name!r}: choose one of {list(DATASETS)}")
+
+
+def build_integrator_args(cfg: DictConfig) -> dict:
+    """Diffrax solver, step-size controller and adjoint, instantiated from their config groups."""
+    from hydra.utils import instantiate
+
+    if cfg.solver.method is None:
+        return {"solver": None, "max_steps": cfg.solver.max_steps, "n_grid": cfg.solver.n_grid}
+    solver = instantiate(cfg.solver.method, _convert_="all")
+    controller = instantiate(cfg.stepsize.controller, _convert_="all")
+    adjoint = instantiate(cfg.adjoint, _convert_="all")
+    dt0 = None
+    if "n_steps" in cfg.stepsize or "dt" in cfg.stepsize:
+        t_end = 1.0 + (cfg.loss.horizon if cfg.loss.consistency_weight else 0.0)
+        dt0 = cfg.stepsize.get("dt") or t_end / cfg.stepsize.n_steps
+    return {
+        "solver": solver,
+        "stepsize_controller": controller,
+        "adjoint": adjoint,
+        "max_steps": cfg.solver.max_steps,
+        "n_grid": cfg.solver.n_grid,
+        "dt0": dt0,
+    }
+
+
+def _cluster_key(adata: AnnData, cfg: DictConfig) -> str | None:
+    key = cfg.data.get("cluster_key")
+    if key is None:
+        return None
+    if key not in adata.obs:
+        if cfg.data.get("root_cluster") is not None:
+            raise InputError(f"data.cluster_key={key!r} is not a column of obs: set it to one of {list(adata.obs.columns)}")
+        return None
+    return key
+
+
+def run(cfg: DictConfig, out_dir: Path) -> dict:
+    """Run the job described by ``cfg``, writing into ``out_dir``; returns the metrics written."""
+    from . import pl, tl
+
+    t_total = time.perf_counter()
+    adata = load_data(cfg.data)
+    log.info("data: %s, %d cells x %d genes", cfg.data.name, adata.n_obs, adata.n_vars)
+    t0 = time.perf_counter()
+    p = cfg.preprocess
+    adata = pp.preprocess(
+        adata, method=p.method, min_shared_counts=p.min_shared_counts, n_top_genes=p.n_top_genes, n_pcs=p.n_pcs,
+        n_neighbors=p.n_neighbors,
+    )
+    preprocess_seconds = time.perf_counter() - t0
+    log.info("preprocessed (%s) in %.1f s: %d genes", p.method, preprocess_seconds, adata.n_vars)
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    r2_min = model_cfg.pop("r2_min", 0.1)
+    kinetics = model_cfg.pop("kinetics")
+    cluster_key = _cluster_key(adata, cfg)
+    result = tl.fit(
+        adata,
+        kinetics=kinetics,
+        **build_integrator_args(cfg),
+        model=model_cfg,
+        loss=OmegaConf.to_container(cfg.loss, resolve=True),
+        trainer=OmegaConf.to_container(cfg.trainer, resolve=True),
+        r2_min=r2_min,
+        root_cluster=cfg.data.get("root_cluster"),
+        cluster_key=cluster_key or "clusters",
+        seed=cfg.seed,
+    )
+    info = adata.uns["velode"]
+    out = {
+        "status": info["status"] if info["status"] != "ok" else "ok",
+        "message": result.state.message,
+        "data": cfg.data.name,
+        "n_cells": adata.n_obs,
+        "n_genes": adata.n_vars,
+        "kinetics": kinetics,
+        "solver": info["solver"],
+        "final_loss": info["final_loss"],
+        "steps": info["steps"],
+        "stopped_early": result.state.stopped_early,
+        "fit_seconds": info["fit_seconds"],
+        "compile_seconds": info["compile_seconds"],
+        "train_seconds": result.state.train_seconds,
+        "preprocess_seconds": preprocess_seconds,
+        "orientation": info["orientation"],
+        "probe_losses": info["probe_losses"],
+        "n_velocity_genes": info["n_velocity_genes"],
+        "solver_stats": info["solver_stats"],
+        "final_terms": {k: v[-1] for k, v in result.state.history.items() if v},
+    }
+    out.update(metrics.truth_metrics(adata))
+    if cluster_key is not None:
+        by = adata.obs.groupby(cluster_key, observed=True)["latent_time"].median().sort_values()
+        out["latent_time_median_by_cluster"] = {str(k): float(v) for k, v in by.items()}
+        order = cfg.data.get("stage_order")
+        if order:
+            out["stage_spearman"] = metrics.stage_spearman(adata, dict(order), cluster_key=cluster_key)
+    info["config"] = OmegaConf.to_yaml(cfg, resolve=True)
+    import velode
+
+    info["version"] = velode.__version__
+
+    if cfg.plots:
+        _plots(adata, result, cfg, out_dir, cluster_key)
+    _outputs.write_h5ad(out_dir / "velocity.h5ad", adata)
+    out["total_seconds"] = time.perf_counter() - t_total
+    _outputs.write_json(out_dir / "metrics.json", out)
+    return out
+
+
+def _plots(adata: AnnData, result, cfg: DictConfig, out_dir: Path, cluster_key: str | None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from . import pl, tl
+
+    _outputs.save_figure(out_dir / "loss_curve.png", pl.loss_curve(result.state.history))
+    r2 = adata.var["fit_r2"].to_numpy()
+    best = [int(i) for i in np.argsort(-np.nan_to_num(r2, nan=-np.inf))[: cfg.n_phase_portraits]]
+    t, u, s = tl.fitted_curves(adata)
+    color = cluster_key or "latent_time"
+    _outputs.save_figure(
+        out_dir / "phase_portraits.png",
+        pl.phase_portraits(adata, best, curve_t=t, curve_u=u, curve_s=s, color=color),
+    )
+    if "connectivities" in adata.obsp and adata.n_obs >= 10:
+        import scanpy as sc
+
+        if "X_umap" not in adata.obsm:
+            sc.tl.umap(adata, random_state=0)
+        tl.velocity_graph(adata)
+        _outputs.save_figure(out_dir / "velocity_stream.png", pl.velocity_stream(adata, color=color))
