@@ -10,7 +10,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from . import _outputs
-from ._errors import VelodeError
+from ._errors import ConfigError, VelodeError
 
 log = logging.getLogger("velode")
 
@@ -28,6 +28,7 @@ def _app(cfg: DictConfig):
     out_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
     try:
+        _check_complete(cfg)
         metrics = run(cfg, out_dir)
     except VelodeError as err:
         return _fail(out_dir, f"{type(err).__name__}: {err}", str(err), multirun)
@@ -38,6 +39,19 @@ def _app(cfg: DictConfig):
         return _fail(out_dir, f"{type(err).__name__}: {err}", str(err), multirun)
     log.info("wrote %s (status %s, %.1f s fit)", out_dir, metrics["status"], metrics["fit_seconds"])
     return metrics["final_loss"]
+
+
+def _check_complete(cfg: DictConfig) -> None:
+    """Every mandatory value given and every interpolation resolvable, before any work starts."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import MissingMandatoryValue
+
+    try:
+        OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except MissingMandatoryValue as err:
+        key = getattr(err, "full_key", None) or "a value"
+        hint = f" (e.g. {key}=/path/to/file.h5ad)" if str(key).endswith("path") else f" (e.g. {key}=...)"
+        raise ConfigError(f"{key} is required but not set: give it on the command line{hint}") from None
 
 
 def _fail(out_dir: Path, reason: str, message: str, multirun: bool):

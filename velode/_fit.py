@@ -2,8 +2,9 @@
 
 1. Project each cell's standardised [s, u] onto its principal axes (the encoder's input).
 2. Start the clock along the first principal axis and pretrain the encoder to reproduce it.
-3. The direction of time is decided before anything else: a root cluster decides it if given;
-   otherwise both directions are fitted for a short probe and the lower loss wins.
+3. The direction of time is decided before anything else: if root cells are given, the starting
+   clock is the distance from them along the kNN graph of the cells; otherwise both directions of
+   the first principal axis are fitted for a short probe and the lower loss wins.
 4. Train encoder and kinetics together through the ODE until max_steps or a plateau.
 """
 
@@ -59,6 +60,18 @@ class FitResult:
 def _scaled_time(x):
     lo, hi = np.quantile(x, [0.01, 0.99])
     return np.clip((x - lo) / max(hi - lo, 1e-12), 0.0, 1.0) * 0.9 + 0.05
+
+
+def graph_distance(features, sources, n_neighbors: int = 15):
+    """Shortest-path distance of every cell from the nearest source cell along a kNN graph."""
+    from scipy.sparse.csgraph import dijkstra
+    from sklearn.neighbors import NearestNeighbors
+
+    k = int(min(n_neighbors, features.shape[0] - 1))
+    graph = NearestNeighbors(n_neighbors=k).fit(features).kneighbors_graph(mode="distance")
+    d = dijkstra(graph, directed=False, indices=np.flatnonzero(sources), min_only=True)
+    finite = np.isfinite(d)
+    return np.where(finite, d, d[finite].max() if finite.any() else 0.0)
 
 
 def _init_kinetics(kind: str, t, obs_s, obs_u, cfg: ModelConfig):
@@ -155,9 +168,12 @@ def fit_arrays(
     t_fit = time.perf_counter()
     probe_losses = {}
     if root_mask is not None and np.any(root_mask):
-        root_first = t_pc[np.asarray(root_mask, bool)].mean() <= t_pc.mean()
-        orientation = "forward" if root_first else "reversed"
-        state = trainer.init(candidates[orientation], k_train)
+        # The clock starts at the root cells: distance from them along the cells' kNN graph.
+        t_root = _scaled_time(graph_distance(np.asarray(features[: data.n_cells]), np.asarray(root_mask, bool)))
+        enc_root = _pretrain_encoder(encoder, features[: data.n_cells], t_root, model_cfg.pretrain_steps)
+        orientation = "root"
+        model = VelocityModel(fmap, enc_root, _init_kinetics(model_cfg.kinetics, t_root, obs_s, obs_u, model_cfg))
+        state = trainer.init(model, k_train)
     else:
         states = {}
         for name, model in candidates.items():

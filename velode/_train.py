@@ -11,7 +11,7 @@ import numpy as np
 import optax
 
 from . import _loss
-from ._errors import SolverError
+from ._errors import ConfigError, SolverError
 from .model._model import VelocityModel
 from .model._solve import Integrator, prepare
 
@@ -122,7 +122,7 @@ def make_optimizer(model: VelocityModel, cfg: TrainerConfig):
             return optax.warmup_cosine_decay_schedule(
                 0.0, lr, cfg.warmup_steps, max(cfg.max_steps, cfg.warmup_steps + 1), lr * 0.05
             )
-        raise ValueError(f"unknown trainer.schedule {cfg.schedule!r}: use 'cosine' or 'constant'")
+        raise ConfigError(f"unknown trainer.schedule {cfg.schedule!r}: use 'cosine' or 'constant'")
 
     labels = jax.tree_util.tree_map(lambda _: "kinetics", eqx.filter(model, eqx.is_inexact_array))
     labels = eqx.tree_at(lambda m: m.encoder, labels, jax.tree_util.tree_map(lambda _: "encoder", labels.encoder))

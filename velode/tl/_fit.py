@@ -80,8 +80,9 @@ def fit(
 
     ``solver=None`` uses the exact closed form; a Diffrax solver (``diffrax.Tsit5()``...) integrates
     the kinetics numerically with ``stepsize_controller`` (default PID, rtol 1e-3, atol 1e-6),
-    ``adjoint`` and ``max_steps``. ``root_cluster`` (a category of ``obs[cluster_key]``) fixes which
-    end of the trajectory comes first; otherwise both directions are tried and the better fit wins.
+    ``adjoint`` and ``max_steps``. ``root_cluster`` (a category of ``obs[cluster_key]``) starts the clock: the initial
+    latent time is the kNN-graph distance from those cells, which training then refines; otherwise
+    both directions of the first principal axis are tried and the better fit wins.
 
     Sets:
       ``layers["velocity"]`` (ds/dt, cells x genes), ``layers["velocity_u"]`` (du/dt),

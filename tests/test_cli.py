@@ -1,0 +1,138 @@
+"""End-to-end runs of the `velode` command on small data, and its answers to bad input."""
+
+import json
+import subprocess
+import sys
+
+import anndata as ad
+import numpy as np
+import pytest
+
+import velode
+
+SMALL = [
+    "trainer.max_steps=60",
+    "model.pretrain_steps=30",
+    "model.probe_steps=10",
+    "model.assign_rounds=1",
+    "plots=false",
+]
+
+
+def run_cli(tmp_path, *overrides, name="run"):
+    out = tmp_path / name
+    proc = subprocess.run(
+        [sys.executable, "-m", "velode._cli", f"hydra.run.dir={out}", *overrides],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    return proc, out
+
+
+def test_default_synthetic_run_writes_outputs(tmp_path):
+    proc, out = run_cli(tmp_path, "data.n_cells=120", "data.n_genes=30", "trainer.max_steps=80", "model.probe_steps=10")
+    assert proc.returncode == 0, proc.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ["status", "final_loss", "steps", "fit_seconds", "compile_seconds", "n_velocity_genes",
+                "latent_time_spearman"]:
+        assert key in metrics
+    assert metrics["status"] == "ok"
+    assert 0 < metrics["steps"] <= 80
+    assert metrics["compile_seconds"] <= metrics["fit_seconds"]
+    a = ad.read_h5ad(out / "velocity.h5ad")
+    assert a.shape == (120, 30)
+    assert a.layers["velocity"].shape == a.shape and np.isfinite(a.layers["velocity"]).all()
+    for key in ["fit_alpha", "fit_beta", "fit_gamma", "velocity_genes", "true_alpha"]:
+        assert key in a.var
+    assert "latent_time" in a.obs and "true_time" in a.obs
+    assert "data:" in a.uns["velode"]["config"]
+    for png in ["loss_curve.png", "phase_portraits.png", "velocity_stream.png"]:
+        assert (out / png).stat().st_size > 1000
+
+
+def test_simulation_standard_model_and_seed(tmp_path):
+    proc, out = run_cli(
+        tmp_path, "data=simulation", "data.n_cells=150", "data.n_genes=12", "model=standard", "seed=3", *SMALL
+    )
+    assert proc.returncode == 0, proc.stderr
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["kinetics"] == "standard" and m["data"] == "simulation"
+    assert "velocity_sign_agreement" in m and "velocity_cosine" in m
+
+
+def test_numerical_solver_from_config(tmp_path):
+    proc, out = run_cli(
+        tmp_path, "data.n_cells=80", "data.n_genes=10", "solver=tsit5", "stepsize.rtol=1e-4", "adjoint=backsolve", *SMALL
+    )
+    assert proc.returncode == 0, proc.stderr
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["solver"] == "Tsit5"
+    assert m["solver_stats"]["num_steps"] > 0
+
+
+def test_h5ad_input_with_preprocess_none(tmp_path):
+    a = velode.datasets.simulation(n_cells=100, n_genes=10, seed=1)
+    path = tmp_path / "sim.h5ad"
+    a.write_h5ad(path)
+    proc, out = run_cli(tmp_path, "data=h5ad", f"data.path={path}", "preprocess=none", *SMALL)
+    assert proc.returncode == 0, proc.stderr
+    b = ad.read_h5ad(out / "velocity.h5ad")
+    assert "true_velocity" in b.layers and "velocity" in b.layers
+
+
+def test_solver_hitting_max_steps_is_a_clear_failure(tmp_path):
+    proc, out = run_cli(
+        tmp_path, "data.n_cells=60", "data.n_genes=8", "solver=dopri5", "solver.max_steps=2",
+        "stepsize.rtol=1e-9", "stepsize.atol=1e-9", *SMALL,
+    )
+    assert proc.returncode != 0
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.startswith("velode: error:")]
+    assert len(lines) == 1 and "max_steps" in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (out / "velocity.h5ad").exists()
+    assert json.loads((out / "metrics.json").read_text())["status"] == "failed"
+
+
+def _bad(kind):
+    a = velode.datasets.simulation(n_cells=50, n_genes=6, seed=0)
+    if kind == "no_unspliced":
+        del a.layers["unspliced"]
+    elif kind == "nan":
+        a.layers["spliced"][0, 0] = np.nan
+    elif kind == "negative":
+        a.layers["unspliced"][1, 2] = -1.0
+    return a
+
+
+@pytest.mark.parametrize(
+    "kind, words",
+    [("no_unspliced", "unspliced"), ("nan", "NaN"), ("negative", "negative"), ("missing_file", "not found"),
+     ("no_path", "data.path")],
+)
+def test_bad_input_one_line_error_and_nothing_written(tmp_path, kind, words):
+    path = tmp_path / "bad.h5ad"
+    if kind not in ("missing_file", "no_path"):
+        _bad(kind).write_h5ad(path)
+    args = ["data=h5ad"] if kind == "no_path" else ["data=h5ad", f"data.path={path}"]
+    proc, out = run_cli(tmp_path, *args, "preprocess=none", *SMALL)
+    assert proc.returncode == 1
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("velode: error:"), proc.stderr
+    assert words in err[0]
+    assert "Traceback" not in proc.stderr
+    assert not (out / "velocity.h5ad").exists()
+
+
+def test_unknown_config_choice_is_refused(tmp_path):
+    proc, out = run_cli(tmp_path, "model=nonsense")
+    assert proc.returncode != 0
+    assert "model/nonsense" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (out / "velocity.h5ad").exists()
+
+
+def test_help_lists_groups():
+    proc = subprocess.run([sys.executable, "-m", "velode._cli", "--help"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0
+    for word in ["data:", "solver:", "tsit5", "velode data=h5ad data.path=FILE"]:
+        assert word in proc.stdout

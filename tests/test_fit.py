@@ -1,0 +1,114 @@
+"""The Python API: velode.tl.fit on synthetic data, a switching simulation and the real pancreas file."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import velode
+
+PANCREAS = Path(__file__).resolve().parents[2] / "shared" / "data" / "pancreas.h5ad"
+QUIET = {"progress": False}
+
+
+def small(n_cells=120, n_genes=15, seed=0):
+    return velode.pp.preprocess(velode.datasets.simulation(n_cells=n_cells, n_genes=n_genes, seed=seed), method="none")
+
+
+def test_fit_writes_scvelo_keys():
+    a = small()
+    r = velode.tl.fit(a, trainer={**QUIET, "max_steps": 50}, model={"probe_steps": 5, "assign_rounds": 1})
+    assert a.layers["velocity"].shape == a.shape
+    assert a.layers["velocity_u"].shape == a.shape
+    lt = a.obs["latent_time"].to_numpy()
+    assert np.all((lt >= 0) & (lt <= 1))
+    for key in ["fit_alpha", "fit_beta", "fit_gamma", "fit_scaling", "fit_t_", "fit_r2", "velocity_genes"]:
+        assert key in a.var
+    assert np.all(a.var["fit_beta"] > 0) and np.all(a.var["fit_gamma"] > 0)
+    assert a.var["velocity_genes"].dtype == bool
+    assert a.uns["velode"]["steps"] == r.state.step <= 50
+    # velocity is ds/dt of the fitted kinetics at each cell's fitted state
+    v = a.var["fit_beta"].to_numpy() * a.layers["fit_u"] / a.var["fit_scaling"].to_numpy() - a.var[
+        "fit_gamma"
+    ].to_numpy() * a.layers["fit_s"]
+    np.testing.assert_allclose(a.layers["velocity"], v, rtol=1e-4, atol=1e-5)
+
+
+def test_fitted_curves_pass_through_the_cells_states():
+    a = small()
+    velode.tl.fit(a, trainer={**QUIET, "max_steps": 40}, model={"probe_steps": 5, "assign_rounds": 0})
+    t, u, s = velode.tl.fitted_curves(a, n_points=4001)
+    idx = np.rint(a.obs["latent_time"].to_numpy() * 4000).astype(int)
+    scale = np.abs(a.layers["fit_s"]).max()
+    assert np.abs(s[:, idx].T - a.layers["fit_s"]).max() < 5e-3 * scale
+    assert np.abs(u[:, idx].T - a.layers["fit_u"]).max() < 5e-3 * np.abs(a.layers["fit_u"]).max()
+
+
+def test_same_seed_same_result_and_minibatches():
+    kw = dict(trainer={**QUIET, "max_steps": 30, "batch_size": 50}, model={"probe_steps": 5, "assign_rounds": 1})
+    a, b = small(), small()
+    velode.tl.fit(a, seed=4, **kw)
+    velode.tl.fit(b, seed=4, **kw)
+    np.testing.assert_array_equal(a.layers["velocity"], b.layers["velocity"])
+    np.testing.assert_array_equal(a.obs["latent_time"], b.obs["latent_time"])
+
+
+def test_root_cluster_starts_the_clock():
+    a = small(n_cells=200, n_genes=20)
+    true_t = a.obs["true_time"].to_numpy()
+    stage = np.where(true_t < 0.2, "early", np.where(true_t > 0.8, "late", "mid"))
+    a.obs["stage"] = pd.Categorical(stage)
+    velode.tl.fit(a, root_cluster="early", trainer=QUIET, cluster_key="stage")
+    assert a.uns["velode"]["orientation"] == "root"
+    t = a.obs["latent_time"].to_numpy()
+    means = {k: t[stage == k].mean() for k in ("early", "mid", "late")}
+    assert means["early"] < means["mid"] < means["late"]
+    with pytest.raises(velode.InputError, match="nowhere"):
+        velode.tl.fit(a.copy(), root_cluster="nowhere", trainer=QUIET, cluster_key="stage")
+
+
+def test_fit_without_moments_says_what_to_run():
+    a = velode.datasets.simulation(n_cells=30, n_genes=5)
+    with pytest.raises(velode.InputError, match="preprocess"):
+        velode.tl.fit(a)
+
+
+def test_unknown_options_are_refused():
+    a = small(n_cells=30, n_genes=5)
+    with pytest.raises(velode.ConfigError, match="kinetics"):
+        velode.tl.fit(a, kinetics="nonsense")
+    with pytest.raises(velode.ConfigError, match="lrr"):
+        velode.tl.fit(a, trainer={"lrr": 1.0})
+
+
+@pytest.mark.slow
+def test_synthetic_target_latent_time():
+    a = velode.pp.preprocess(velode.datasets.synthetic(), method="none")
+    velode.tl.fit(a, trainer=QUIET)
+    m = velode.metrics.truth_metrics(a)
+    assert m["latent_time_spearman"] >= 0.99
+
+
+@pytest.mark.slow
+def test_switching_simulation_targets():
+    a = velode.pp.preprocess(velode.datasets.simulation(n_cells=1000, n_genes=100, seed=0), method="none")
+    velode.tl.fit(a, trainer=QUIET)
+    m = velode.metrics.truth_metrics(a)
+    assert m["latent_time_spearman"] >= 0.99
+    assert m["velocity_sign_agreement"] >= 0.96
+    assert m["velocity_cosine"] >= 0.96
+    assert m["fraction_velocity_genes"] >= 0.85
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not PANCREAS.exists(), reason="needs ../shared/data/pancreas.h5ad")
+def test_pancreas_ductal_first_endocrine_last():
+    a = velode.pp.preprocess(velode.read(PANCREAS))
+    velode.tl.fit(a, trainer=QUIET)
+    med = a.obs["latent_time"].groupby(a.obs["clusters"], observed=True).median()
+    endocrine = ["Alpha", "Beta", "Delta", "Epsilon"]
+    assert med["Ductal"] == med.min()
+    assert med[endocrine].min() >= med.drop(endocrine).max()
+    assert a.var["velocity_genes"].sum() > 100
+    assert np.isfinite(a.layers["velocity"]).all()
