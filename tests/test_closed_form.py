@@ -92,10 +92,6 @@ def test_long_duration_reaches_steady_state(x64, mode):
         np.testing.assert_allclose([float(u), float(s)], [alpha / beta, alpha / gamma], rtol=1e-12, atol=1e-14)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="e^{-beta tau} underflows to 0 while expm1((beta - gamma) tau) overflows to inf: 0 * inf = nan",
-)
 @pytest.mark.parametrize(
     "dtype, beta, gamma, tau",
     [("float64", 8.0, 1.0, 200.0), ("float32", 60.0, 0.5, 1.5), ("float32", 100.0, 1.0, 1.0)],
@@ -153,9 +149,8 @@ def _central_fd(f, p, rel_step=1e-5):
 @pytest.mark.parametrize("fn", [_s_of, _u_of], ids=["s", "u"])
 def test_gradients_match_finite_differences(x64, mode, fn):
     rng = np.random.default_rng(3)
-    # For 0 < |gamma - beta| < 1e-6 the divided difference is a first-order series in gamma - beta, so
-    # its derivatives in beta and gamma are only accurate to ~|gamma - beta| * tau^3 (see the strict
-    # xfail below); everything else is held to 1e-6.
+    # Finite differences of step 1e-5 straddle the series branch for |gamma - beta| < 1e-6, so they
+    # carry ~1e-7 of truncation there; everything else is held to 1e-9.
     series = mode in ("near", "below_switchover")
     for _ in range(4):
         u0, s0, alpha = rng.uniform(0.1, 2.0), rng.uniform(0.1, 2.0), rng.uniform(0.2, 4.0)
@@ -167,11 +162,10 @@ def test_gradients_match_finite_differences(x64, mode, fn):
         assert np.all(np.isfinite(grad))
         fd = _central_fd(fn, p)
         for name, g, f in zip(_NAMES, grad, fd):
-            abs_tol = 1e-5 if series and name in ("beta", "gamma") else 1e-9
+            abs_tol = 1e-7 if series and name in ("beta", "gamma") else 1e-9
             assert g == pytest.approx(f, rel=1e-6, abs=abs_tol), (name, mode)
 
 
-@pytest.mark.xfail(strict=True, reason="series branch for small |gamma - beta| is only first order in gamma - beta")
 def test_gradients_near_equal_rates_are_accurate(x64):
     p = jnp.asarray([0.1, 0.5, 4.0, 2.0, 2.0 + 0.9e-6, 1.5], jnp.float64)
     grad = np.asarray(jax.grad(_s_of)(p))
