@@ -72,7 +72,9 @@ def table(name, rows):
 
 
 def _fmt(v):
-    return f"{v:.4f}" if isinstance(v, float) else str(v)
+    if isinstance(v, float):
+        return f"{v:.4f}" if abs(v) < 2 else f"{v:.1f}"
+    return str(v)
 
 
 def _agg(vals):

@@ -18,7 +18,7 @@ import numpy as np
 import optax
 
 from ._errors import ConfigError
-from ._train import LossConfig, Trainer, TrainerConfig, TrainData, TrainState, loss_terms
+from ._train import LossConfig, Trainer, TrainerConfig, TrainData, TrainState, loss_terms, loss_value
 from .model._encoder import TimeEncoder, fit_feature_map
 from .model._kinetics import DynamicalKinetics, StandardKinetics
 from .model._model import VelocityModel, predict
@@ -180,8 +180,9 @@ def fit_arrays(
             states[name] = trainer.run(
                 trainer.init(model, k_train), data, until=model_cfg.probe_steps, desc=f"probe {name}"
             )
-            h = states[name].history["total"]
-            probe_losses[name] = float(np.mean(h[-10:])) if h else float("inf")
+            # Compared on the full-batch loss: minibatch losses are too noisy to rank the two directions.
+            lv = loss_value(states[name].model, data, integrator, loss_cfg)
+            probe_losses[name] = lv if np.isfinite(lv) else float("inf")
         orientation = min(probe_losses, key=probe_losses.get)
         state = states[orientation]
     if model_cfg.assign_rounds > 0:
@@ -191,6 +192,8 @@ def fit_arrays(
             t_best = assign_times(state.model.kinetics, data, integrator, model_cfg.assign_grid)
             enc = _pretrain_encoder(state.model.encoder, data.features[: data.n_cells], t_best, model_cfg.pretrain_steps)
             state.model = eqx.tree_at(lambda m: m.encoder, state.model, enc)
+            # New times, new loss level: plateau detection starts afresh.
+            state.smoothed_loss, state.best_loss, state.since_best = float("inf"), float("inf"), 0
     state = trainer.run(state, data)
     fit_seconds = time.perf_counter() - t_fit + setup_seconds
     return FitResult(

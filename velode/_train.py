@@ -25,13 +25,13 @@ class LossConfig:
 
 @dataclasses.dataclass
 class TrainerConfig:
-    max_steps: int = 1000
+    max_steps: int = 3000
     lr: float = 0.05
     encoder_lr: float = 3e-3
     schedule: str = "cosine"  # "cosine" or "constant"
     warmup_steps: int = 0
-    batch_size: int | None = None  # None: full batch
-    patience: int = 100
+    batch_size: int | None = 512  # cells per step; None: full batch
+    patience: int = 200
     min_delta: float = 1e-4
     progress: bool = True
     log_every: int = 10
@@ -175,6 +175,9 @@ class TrainState:
     message: str = ""
     stopped_early: bool = False
     train_seconds: float = 0.0
+    smoothed_loss: float = math.inf  # plateau detection (see Trainer.run)
+    best_loss: float = math.inf
+    since_best: int = 0
 
 
 class Trainer:
@@ -206,8 +209,11 @@ class Trainer:
         pad = 0 if batch is None else (-batch) % chunk
         batch_mask = None if batch is None else jnp.concatenate([jnp.ones(batch), jnp.zeros(pad)])
         hist = state.history["total"]
-        best = min(hist) if hist else math.inf
-        since_best = len(hist) - 1 - int(np.argmin(hist)) if hist else 0
+        # Plateau detection on an exponential average over about one epoch of minibatch losses
+        # (the raw loss itself with full batches), so minibatch noise does not stop a fit early.
+        smooth_w = 1.0 if batch is None else batch / n
+        smooth = state.smoothed_loss
+        best, since_best = state.best_loss, state.since_best
         perm, pos = None, n
         bar = None
         if cfg.progress and until > state.step:
@@ -251,8 +257,9 @@ class Trainer:
                 if bar is not None and (state.step % cfg.log_every == 0 or state.step == until):
                     bar.set_postfix(loss=f"{loss:.4g}")
                     bar.update(state.step - bar.n)
-                if loss < best - cfg.min_delta * abs(best if math.isfinite(best) else loss):
-                    best, since_best = loss, 0
+                smooth = loss if not math.isfinite(smooth) else smooth + smooth_w * (loss - smooth)
+                if smooth < best - cfg.min_delta * abs(best if math.isfinite(best) else smooth):
+                    best, since_best = smooth, 0
                 else:
                     since_best += 1
                     if cfg.patience and since_best >= cfg.patience:
@@ -261,12 +268,17 @@ class Trainer:
         finally:
             if bar is not None:
                 bar.close()
+            state.smoothed_loss, state.best_loss, state.since_best = smooth, best, since_best
         state.train_seconds += time.perf_counter() - t_start
         return state
 
 
+_loss_jit = eqx.filter_jit(loss_terms)
+
+
 def loss_value(model, data: TrainData, integrator: Integrator, loss_cfg: LossConfig) -> float:
-    loss, _ = eqx.filter_jit(loss_terms)(model, *data.arrays(), integrator, loss_cfg, data.chunk)
+    """Full-batch training loss of ``model`` (float)."""
+    loss, _ = _loss_jit(model, *data.arrays(), integrator, loss_cfg, data.chunk)
     return float(loss)
 
 
