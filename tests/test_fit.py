@@ -35,6 +35,22 @@ def test_fit_writes_scvelo_keys():
     np.testing.assert_allclose(a.layers["velocity"], v, rtol=1e-4, atol=1e-5)
 
 
+def test_projected_spliced_is_the_state_one_horizon_later():
+    """Standard kinetics (constant rates): s(t + h) follows from (u(t), s(t)) by the closed form."""
+    from velode.model._closed_form import solve_constant
+
+    a = small()
+    velode.tl.fit(a, kinetics="standard", loss={"horizon": 0.1}, trainer={**QUIET, "max_steps": 40},
+                  model={"probe_steps": 5, "assign_rounds": 0})
+    v = a.var
+    u0 = a.layers["fit_u"] / v["fit_scaling"].to_numpy()
+    _, s1 = solve_constant(u0, a.layers["fit_s"], v["fit_alpha"].to_numpy(), v["fit_beta"].to_numpy(),
+                           v["fit_gamma"].to_numpy(), 0.1)
+    assert a.uns["velode"]["horizon"] == 0.1
+    assert not np.allclose(a.layers["projected_spliced"], a.layers["fit_s"], rtol=1e-3)
+    np.testing.assert_allclose(a.layers["projected_spliced"], np.asarray(s1), rtol=2e-3, atol=1e-4)
+
+
 def test_fitted_curves_pass_through_the_cells_states():
     a = small()
     velode.tl.fit(a, trainer={**QUIET, "max_steps": 40}, model={"probe_steps": 5, "assign_rounds": 0})

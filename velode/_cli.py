@@ -3,6 +3,7 @@
 import logging
 import sys
 import traceback
+import warnings
 from pathlib import Path
 
 import hydra
@@ -29,7 +30,9 @@ def _app(cfg: DictConfig):
     multirun = hc.mode == RunMode.MULTIRUN
     try:
         _check_complete(cfg)
-        metrics = run(cfg, out_dir)
+        with warnings.catch_warnings():
+            warnings.showwarning = _log_warning
+            metrics = run(cfg, out_dir)
     except VelodeError as err:
         return _fail(out_dir, f"{type(err).__name__}: {err}", str(err), multirun)
     except Exception as err:  # a multirun goes on; a single run reports and exits non-zero
@@ -39,6 +42,11 @@ def _app(cfg: DictConfig):
         return _fail(out_dir, f"{type(err).__name__}: {err}", str(err), multirun)
     log.info("wrote %s (status %s, %.1f s fit)", out_dir, metrics["status"], metrics["fit_seconds"])
     return metrics["final_loss"]
+
+
+def _log_warning(message, category, filename, lineno, file=None, line=None):
+    """Warnings go into the run log as one line, without the source line that raised them."""
+    log.warning("%s", message)
 
 
 def _check_complete(cfg: DictConfig) -> None:

@@ -118,13 +118,23 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         "solver_stats": info["solver_stats"],
         "final_terms": {k: v[-1] for k, v in result.state.history.items() if v},
     }
-    out.update(metrics.truth_metrics(adata))
+    log.info(
+        "fitted %s kinetics (%s): %d steps%s, loss %.4g, %.1f s (compile %.1f s); time runs %s; %d velocity genes",
+        kinetics, info["solver"], out["steps"], " (plateau)" if out["stopped_early"] else "", out["final_loss"],
+        out["fit_seconds"], out["compile_seconds"], _orientation_words(info["orientation"]), out["n_velocity_genes"],
+    )
+    truth = metrics.truth_metrics(adata)
+    if truth:
+        log.info("against the truth: %s", ", ".join(f"{k} {v:.4f}" for k, v in truth.items() if isinstance(v, float)))
+    out.update(truth)
     if cluster_key is not None:
         by = adata.obs.groupby(cluster_key, observed=True)["latent_time"].median().sort_values()
         out["latent_time_median_by_cluster"] = {str(k): float(v) for k, v in by.items()}
         order = cfg.data.get("stage_order")
         if order:
             out["stage_spearman"] = metrics.stage_spearman(adata, dict(order), cluster_key=cluster_key)
+            log.info("latent time vs stage order: Spearman %.4f", out["stage_spearman"])
+        log.info("median latent time: %s", ", ".join(f"{k} {v:.2f}" for k, v in out["latent_time_median_by_cluster"].items()))
     info["config"] = OmegaConf.to_yaml(cfg, resolve=True)
     import velode
 
@@ -136,6 +146,14 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     out["total_seconds"] = time.perf_counter() - t_total
     _outputs.write_json(out_dir / "metrics.json", out)
     return out
+
+
+def _orientation_words(orientation: str) -> str:
+    return {
+        "forward": "along the first principal axis",
+        "reversed": "against the first principal axis",
+        "root": "from the root cluster",
+    }.get(orientation, orientation)
 
 
 def _plots(adata: AnnData, result, cfg: DictConfig, out_dir: Path, cluster_key: str | None) -> None:

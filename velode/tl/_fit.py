@@ -11,7 +11,7 @@ from anndata import AnnData
 
 from .._errors import ConfigError, InputError
 from .._fit import KINETICS, FitResult, ModelConfig, evaluate_fit, fit_arrays
-from .._train import LossConfig, TrainerConfig
+from .._train import LossConfig, TrainerConfig, loss_value
 from ..model._kinetics import DynamicalKinetics, StandardKinetics
 from ..model._solve import Integrator, evaluate
 
@@ -86,7 +86,8 @@ def fit(
 
     Sets:
       ``layers["velocity"]`` (ds/dt, cells x genes), ``layers["velocity_u"]`` (du/dt),
-      ``layers["fit_s"]``, ``layers["fit_u"]`` (fitted states), ``obs["latent_time"]`` (in [0, 1]),
+      ``layers["fit_s"]``, ``layers["fit_u"]`` (fitted states), ``layers["projected_spliced"]`` (s at
+      latent time + loss horizon), ``obs["latent_time"]`` (in [0, 1]),
       ``var["fit_alpha"|"fit_beta"|"fit_gamma"|"fit_scaling"|"fit_alpha0"|"fit_t_"|"fit_r2"]``,
       ``var["velocity_genes"]`` (fit R^2 > ``r2_min``), ``uns["velode"]`` (settings and training record).
 
@@ -132,7 +133,7 @@ def fit(
 
 def write_result(adata: AnnData, result: FitResult, obs_s, obs_u, *, r2_min: float) -> None:
     """Write a fit's outputs into ``adata`` under scVelo's key names."""
-    pred = evaluate_fit(result, project=False)
+    pred = evaluate_fit(result, project=True)
     if not bool(pred.info.ok):
         from .._train import solver_failure_message
         from .._errors import SolverError
@@ -151,6 +152,8 @@ def write_result(adata: AnnData, result: FitResult, obs_s, obs_u, *, r2_min: flo
     adata.layers["velocity_u"] = velocity_u
     adata.layers["fit_s"] = fit_s
     adata.layers["fit_u"] = fit_u
+    # Each cell's spliced state carried forward by loss.horizon of latent time along the fitted kinetics.
+    adata.layers["projected_spliced"] = np_(pred.projected_spliced)
     adata.obs["latent_time"] = np_(pred.latent_time)
     adata.var["fit_alpha"] = np_(kin.alpha)
     adata.var["fit_beta"] = np_(kin.beta)
@@ -169,7 +172,9 @@ def write_result(adata: AnnData, result: FitResult, obs_s, obs_u, *, r2_min: flo
         "probe_losses": {k: float(v) for k, v in result.probe_losses.items()},
         "steps": int(st.step),
         "status": st.status,
-        "final_loss": float(st.history["total"][-1]) if st.history["total"] else float("nan"),
+        # Full-batch loss of the final parameters (the history holds minibatch losses).
+        "final_loss": loss_value(result.model, result.data, result.integrator, result.loss_cfg),
+        "horizon": float(result.loss_cfg.horizon),
         "fit_seconds": float(result.fit_seconds),
         "compile_seconds": float(result.compile_seconds),
         "n_velocity_genes": int(adata.var["velocity_genes"].sum()),
