@@ -81,7 +81,7 @@ def _agg(vals):
     if all(isinstance(v, bool) for v in vals):
         return f"{sum(vals)}/{len(vals)}"
     v = np.asarray(vals, float)
-    return f"{v.mean():.4f} ± {v.std():.4f}"
+    return f"{_fmt(float(v.mean()))} ± {_fmt(float(v.std()))}"
 
 
 def main():

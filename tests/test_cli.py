@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import anndata as ad
 import numpy as np
@@ -79,6 +80,30 @@ def test_h5ad_input_with_preprocess_none(tmp_path):
     assert proc.returncode == 0, proc.stderr
     b = ad.read_h5ad(out / "velocity.h5ad")
     assert "true_velocity" in b.layers and "velocity" in b.layers
+
+
+PANCREAS = Path(__file__).resolve().parents[2] / "shared" / "data" / "pancreas.h5ad"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not PANCREAS.exists(), reason="needs ../shared/data/pancreas.h5ad")
+def test_pancreas_command(tmp_path):
+    """`velode data=pancreas data.path=FILE` as written, shortened training: scVelo keys, stage metric, stream plot."""
+    proc, out = run_cli(
+        tmp_path, "data=pancreas", f"data.path={PANCREAS}", "trainer.max_steps=150", "model.probe_steps=20",
+        "model.assign_rounds=1", "n_phase_portraits=4",
+    )
+    assert proc.returncode == 0, proc.stderr
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["status"] == "ok" and m["n_cells"] == 3696
+    assert -1.0 <= m["stage_spearman"] <= 1.0
+    assert set(m["latent_time_median_by_cluster"]) >= {"Ductal", "Alpha", "Beta"}
+    a = ad.read_h5ad(out / "velocity.h5ad")
+    assert "clusters" in a.obs and "X_umap" in a.obsm and "velocity_genes" in a.var
+    assert a.uns["velode"]["config"].count("pancreas") >= 1
+    for png in ["loss_curve.png", "phase_portraits.png", "velocity_stream.png"]:
+        assert (out / png).stat().st_size > 1000
+    assert (out / "velode.log").exists()
 
 
 def test_solver_hitting_max_steps_is_a_clear_failure(tmp_path):

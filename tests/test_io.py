@@ -1,6 +1,6 @@
 """Tests of reading files and validating count layers."""
 
-import importlib.util
+import sys
 import warnings
 
 import anndata as ad
@@ -100,13 +100,29 @@ def test_read_truncated_h5ad(tmp_path):
     assert "truncated.h5ad" in _one_line_error(info)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("loompy") is not None, reason="loompy is installed")
-def test_read_loom_without_loompy(tmp_path):
+def test_read_loom_without_loompy(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "loompy", None)  # import loompy now raises ImportError
     path = tmp_path / "x.loom"
     path.write_bytes(b"")
     with pytest.raises(InputError) as info:
         read(path)
     assert "pip install loompy" in _one_line_error(info)
+
+
+def test_read_loom_keeps_layers_and_annotations(tmp_path):
+    rng = np.random.default_rng(0)
+    a = ad.AnnData(
+        X=rng.poisson(2.0, (6, 4)).astype(np.float32),
+        layers={k: rng.poisson(2.0, (6, 4)).astype(np.float32) for k in ("spliced", "unspliced")},
+    )
+    a.obs["clusters"] = ["a", "b"] * 3
+    path = tmp_path / "x.loom"
+    a.write_loom(path)
+    b = read(path)
+    assert b.shape == (6, 4)
+    u = b.layers["unspliced"]
+    np.testing.assert_array_equal(u.toarray() if hasattr(u, "toarray") else np.asarray(u), a.layers["unspliced"])
+    assert list(b.obs["clusters"]) == list(a.obs["clusters"])
 
 
 # --------------------------------------------------------------------------- validate
