@@ -28,18 +28,19 @@ def _app(cfg: DictConfig):
     hc = HydraConfig.get()
     out_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
+    overrides = list(hc.overrides.task)
     try:
         _check_complete(cfg)
         with warnings.catch_warnings():
             warnings.showwarning = _log_warning
-            metrics = run(cfg, out_dir)
+            metrics = run(cfg, out_dir, overrides)
     except VelodeError as err:
-        return _fail(out_dir, f"{type(err).__name__}: {err}", str(err), multirun)
+        return _fail(out_dir, f"{type(err).__name__}: {err}", str(err), multirun, overrides)
     except Exception as err:  # a multirun goes on; a single run reports and exits non-zero
         if not multirun:
             raise
         log.error("job failed:\n%s", traceback.format_exc())
-        return _fail(out_dir, f"{type(err).__name__}: {err}", str(err), multirun)
+        return _fail(out_dir, f"{type(err).__name__}: {err}", str(err), multirun, overrides)
     log.info("wrote %s (status %s, %.1f s fit)", out_dir, metrics["status"], metrics["fit_seconds"])
     return metrics["final_loss"]
 
@@ -62,8 +63,8 @@ def _check_complete(cfg: DictConfig) -> None:
         raise ConfigError(f"{key} is required but not set: give it on the command line{hint}") from None
 
 
-def _fail(out_dir: Path, reason: str, message: str, multirun: bool):
-    _outputs.write_json(out_dir / "metrics.json", {"status": "failed", "error": reason})
+def _fail(out_dir: Path, reason: str, message: str, multirun: bool, overrides: list[str]):
+    _outputs.write_json(out_dir / "metrics.json", {"status": "failed", "error": reason, "overrides": overrides})
     if multirun:
         log.error("job failed: %s", reason)
         return float("nan")

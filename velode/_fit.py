@@ -55,6 +55,7 @@ class FitResult:
     fit_seconds: float
     setup_seconds: float
     compile_seconds: float
+    train_seconds: float = 0.0  # optimiser steps (probes included), compilation excluded
 
 
 def _scaled_time(x):
@@ -198,7 +199,7 @@ def fit_arrays(
     fit_seconds = time.perf_counter() - t_fit + setup_seconds
     return FitResult(
         state.model, state, data, integrator, loss_cfg, orientation, probe_losses, fit_seconds, setup_seconds,
-        trainer.compile_seconds,
+        trainer.compile_seconds, trainer.run_seconds - trainer.compile_seconds,
     )
 
 

@@ -21,6 +21,11 @@ def _atomic(path: Path, write) -> None:
         raise
 
 
+def atomic_write(path, write) -> None:
+    """Call ``write(tmp_path)`` and rename the result to ``path`` (see the module docstring)."""
+    _atomic(Path(path), write)
+
+
 def _jsonable(x):
     if isinstance(x, dict):
         return {str(k): _jsonable(v) for k, v in x.items()}

@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from . import _outputs, datasets, metrics, pp
 from ._errors import ConfigError, InputError
 from ._io import read
+from .model._stats import num_vf_evals
 
 log = logging.getLogger("velode")
 
@@ -65,8 +66,24 @@ def _cluster_key(adata: AnnData, cfg: DictConfig) -> str | None:
     return key
 
 
-def run(cfg: DictConfig, out_dir: Path) -> dict:
-    """Run the job described by ``cfg``, writing into ``out_dir``; returns the metrics written."""
+def versions() -> dict:
+    """Versions of velode and of the numerical stack it ran on."""
+    import diffrax
+    import equinox
+    import jax
+    import optax
+
+    import velode
+
+    return {"velode": velode.__version__, "jax": jax.__version__, "diffrax": diffrax.__version__,
+            "equinox": equinox.__version__, "optax": optax.__version__}
+
+
+def run(cfg: DictConfig, out_dir: Path, overrides: list[str] | None = None) -> dict:
+    """Run the job described by ``cfg``, writing into ``out_dir``; returns the metrics written.
+
+    ``overrides`` (the command-line overrides of this job) are recorded in ``metrics.json``.
+    """
     from . import pl, tl
 
     t_total = time.perf_counter()
@@ -97,9 +114,12 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         seed=cfg.seed,
     )
     info = adata.uns["velode"]
+    stats = dict(info["solver_stats"])
+    stats["num_vf_evals"] = num_vf_evals(result.integrator.solver, stats["num_steps"])
     out = {
-        "status": info["status"] if info["status"] != "ok" else "ok",
+        "status": info["status"],
         "message": result.state.message,
+        "overrides": list(overrides or []),
         "data": cfg.data.name,
         "n_cells": adata.n_obs,
         "n_genes": adata.n_vars,
@@ -110,12 +130,13 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         "stopped_early": result.state.stopped_early,
         "fit_seconds": info["fit_seconds"],
         "compile_seconds": info["compile_seconds"],
-        "train_seconds": result.state.train_seconds,
+        "train_seconds": result.train_seconds,
+        "setup_seconds": result.setup_seconds,
         "preprocess_seconds": preprocess_seconds,
         "orientation": info["orientation"],
         "probe_losses": info["probe_losses"],
         "n_velocity_genes": info["n_velocity_genes"],
-        "solver_stats": info["solver_stats"],
+        "solver_stats": stats,
         "final_terms": {k: v[-1] for k, v in result.state.history.items() if v},
     }
     log.info(
@@ -137,12 +158,12 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
             log.info("latent time vs stage order: Spearman %.4f", out["stage_spearman"])
         log.info("median latent time: %s", ", ".join(f"{k} {v:.2f}" for k, v in out["latent_time_median_by_cluster"].items()))
     info["config"] = OmegaConf.to_yaml(cfg, resolve=True)
-    import velode
-
-    info["version"] = velode.__version__
+    out["versions"] = info["versions"] = versions()
+    info["version"] = out["versions"]["velode"]
 
     if cfg.plots:
         _plots(adata, result, cfg, out_dir, cluster_key)
+    _outputs.write_json(out_dir / "history.json", {k: [float(x) for x in v] for k, v in result.state.history.items()})
     _outputs.write_h5ad(out_dir / "velocity.h5ad", adata)
     out["total_seconds"] = time.perf_counter() - t_total
     _outputs.write_json(out_dir / "metrics.json", out)

@@ -26,6 +26,7 @@ class LossConfig:
 @dataclasses.dataclass
 class TrainerConfig:
     max_steps: int = 3000
+    optimizer: str = "adam"  # an optax optimiser taking a learning rate (see OPTIMIZERS)
     lr: float = 0.05
     encoder_lr: float = 3e-3
     schedule: str = "cosine"  # "cosine" or "constant"
@@ -112,6 +113,10 @@ def loss_terms(model, features, obs_u, obs_s, mask, inv_sd_u, inv_sd_s, gene_wei
     return _loss.weighted_sum(terms, weights), (terms, ev.info)
 
 
+# Optax optimisers whose first argument is the learning rate (trainer.optimizer).
+OPTIMIZERS = ("adam", "adamw", "adabelief", "amsgrad", "lion", "nadam", "radam", "rmsprop", "sgd", "yogi")
+
+
 def make_optimizer(model: VelocityModel, cfg: TrainerConfig):
     def schedule(lr):
         if cfg.schedule == "constant":
@@ -124,13 +129,16 @@ def make_optimizer(model: VelocityModel, cfg: TrainerConfig):
             )
         raise ConfigError(f"unknown trainer.schedule {cfg.schedule!r}: use 'cosine' or 'constant'")
 
+    if cfg.optimizer not in OPTIMIZERS:
+        raise ConfigError(f"unknown trainer.optimizer {cfg.optimizer!r}: choose one of {list(OPTIMIZERS)}")
+    opt = getattr(optax, cfg.optimizer)
     labels = jax.tree_util.tree_map(lambda _: "kinetics", eqx.filter(model, eqx.is_inexact_array))
     labels = eqx.tree_at(lambda m: m.encoder, labels, jax.tree_util.tree_map(lambda _: "encoder", labels.encoder))
     labels = eqx.tree_at(lambda m: m.features, labels, jax.tree_util.tree_map(lambda _: "frozen", labels.features))
     return optax.multi_transform(
         {
-            "kinetics": optax.adam(schedule(cfg.lr)),
-            "encoder": optax.adam(schedule(cfg.encoder_lr)),
+            "kinetics": opt(schedule(cfg.lr)),
+            "encoder": opt(schedule(cfg.encoder_lr)),
             "frozen": optax.set_to_zero(),
         },
         labels,
@@ -190,6 +198,7 @@ class Trainer:
         self.optimizer = make_optimizer(model, cfg)
         self.compiled = False
         self.compile_seconds = 0.0  # wall time of the first step (compilation and one step)
+        self.run_seconds = 0.0  # wall time of every run() of this trainer, compilation included
 
     def init(self, model: VelocityModel, key) -> TrainState:
         state = TrainState(model, self.optimizer.init(eqx.filter(model, eqx.is_inexact_array)), key)
@@ -269,7 +278,9 @@ class Trainer:
             if bar is not None:
                 bar.close()
             state.smoothed_loss, state.best_loss, state.since_best = smooth, best, since_best
-        state.train_seconds += time.perf_counter() - t_start
+        elapsed = time.perf_counter() - t_start
+        state.train_seconds += elapsed
+        self.run_seconds += elapsed
         return state
 
 
