@@ -97,7 +97,7 @@ def _fmt(v) -> str:
     if v is None or (isinstance(v, float) and np.isnan(v)):
         return ""
     if isinstance(v, float):
-        return f"{v:.4g}"
+        return str(int(v)) if v.is_integer() and abs(v) >= 1000 else f"{v:.4g}"
     return str(v)
 
 
@@ -113,26 +113,35 @@ def plots(df: pd.DataFrame, histories: dict, cols: list[str], out: Path) -> list
     ok = df[df["status"] == "ok"]
     quality = next((q for q in QUALITY if q in ok and ok[q].notna().any()), None)
     if len(ok) and "fit_seconds" in ok:
-        # Colour by the first swept key (e.g. the solver), one marker per job.
+        # Colour by the first swept key (e.g. the solver), marker by the second; further keys as short labels.
         group = cols[0] if cols else None
+        shape = cols[1] if len(cols) > 1 else None
         keys = list(dict.fromkeys(ok[group].astype(str))) if group else ["all"]
+        shapes = list(dict.fromkeys(ok[shape].astype(str))) if shape else ["all"]
         colours = {k: f"C{i % 10}" for i, k in enumerate(keys)}
+        markers = {k: "osD^vP*Xph"[i % 10] for i, k in enumerate(shapes)}
         metrics = [m for m in [quality, "final_loss"] if m is not None and m in ok]
-        fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 4.2), squeeze=False)
+        fig, axes = plt.subplots(1, len(metrics), figsize=(5.4 * len(metrics), 4.4), squeeze=False)
         for ax, metric in zip(axes[0], metrics):
-            for k in keys:
-                sub = ok if group is None else ok[ok[group].astype(str) == k]
-                ax.scatter(sub["fit_seconds"], sub[metric], color=colours[k], label=k, s=36, alpha=0.85)
-                for _, r in sub.iterrows():
-                    rest = [c for c in cols[1:]]
-                    if rest:
-                        ax.annotate(label(r, rest), (r["fit_seconds"], r[metric]), fontsize=6, alpha=0.7,
-                                    xytext=(3, 3), textcoords="offset points")
+            for _, r in ok.iterrows():
+                c = colours[str(r[group])] if group else "C0"
+                mk = markers[str(r[shape])] if shape else "o"
+                ax.scatter(r["fit_seconds"], r[metric], color=c, marker=mk, s=40, alpha=0.85)
+                if len(cols) > 2:
+                    ax.annotate(",".join(str(r[k]) for k in cols[2:]), (r["fit_seconds"], r[metric]), fontsize=6,
+                                alpha=0.7, xytext=(3, 3), textcoords="offset points")
             ax.set(xlabel="fit wall time (s, compile included)", ylabel=metric, title=f"{metric} vs cost")
-            if metric == "final_loss":
+            vals = ok[metric].astype(float)
+            if metric == "final_loss" and vals.min() > 0 and vals.max() / vals.min() > 10:
                 ax.set_yscale("log")
-        if group:
-            axes[0][0].legend(title=group, fontsize=8, frameon=False)
+        from matplotlib.lines import Line2D
+
+        handles = [Line2D([], [], color=colours[k], marker="o", ls="", label=f"{group}={k}") for k in keys if group]
+        handles += [Line2D([], [], color="0.4", marker=markers[k], ls="", label=f"{shape}={k}") for k in shapes if shape]
+        if handles:
+            axes[0][-1].legend(handles=handles, fontsize=7, frameon=False, loc="center left", bbox_to_anchor=(1.02, 0.5))
+        if len(cols) > 2:
+            fig.suptitle("labels: " + ", ".join(cols[2:]), fontsize=8)
         fig.tight_layout()
         _outputs.save_figure(out / "quality_vs_cost.png", fig)
         plt.close(fig)

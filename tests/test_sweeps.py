@@ -38,6 +38,7 @@ def sweep(tmp_path_factory):
 def test_sweep_finishes_and_records_every_job(sweep):
     proc, out = sweep
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "sweep finished: 6 jobs, 4 ok, not ok:" in proc.stdout + proc.stderr
     jobs = sorted(p for p in out.iterdir() if p.is_dir() and p.name.isdigit())
     assert len(jobs) == 6
     by_overrides = {}
