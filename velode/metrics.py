@@ -57,3 +57,110 @@ def stage_spearman(adata: AnnData, order: dict, *, cluster_key: str = "clusters"
     labels = adata.obs[cluster_key].astype(str)
     stage = labels.map(order).to_numpy(float)
     return _spearman(adata.obs[time_key].to_numpy(), stage)
+
+
+# Known transitions of the pancreas endocrinogenesis data (Bastidas-Ponce et al. 2019), as used by
+# the cross-boundary direction benchmarks (VeloAE, UniTVelo).
+PANCREAS_TRANSITIONS = [
+    ("Ductal", "Ngn3 low EP"),
+    ("Ngn3 low EP", "Ngn3 high EP"),
+    ("Ngn3 high EP", "Pre-endocrine"),
+    ("Pre-endocrine", "Alpha"),
+    ("Pre-endocrine", "Beta"),
+    ("Pre-endocrine", "Delta"),
+    ("Pre-endocrine", "Epsilon"),
+]
+
+
+def _knn_lists(adata: AnnData) -> list[np.ndarray]:
+    """Each cell's neighbours in the kNN graph (``obsp["distances"]``, else ``obsp["connectivities"]``), self excluded."""
+    import scipy.sparse as sp
+
+    key = "distances" if "distances" in adata.obsp else "connectivities"
+    if key not in adata.obsp:
+        raise ValueError("no kNN graph in obsp: run velode.pp.preprocess(adata) or scanpy.pp.neighbors(adata) first")
+    g = sp.csr_matrix(adata.obsp[key])
+    out = []
+    for i in range(adata.n_obs):
+        nb = g.indices[g.indptr[i] : g.indptr[i + 1]]
+        out.append(nb[nb != i])
+    return out
+
+
+def cross_boundary_correctness(
+    adata: AnnData,
+    transitions,
+    *,
+    cluster_key: str = "clusters",
+    basis: str = "umap",
+    vkey: str = "velocity",
+) -> dict:
+    """Cross-boundary direction correctness (CBDir) of the velocities projected on an embedding.
+
+    For a known transition A -> B, each cell of A that has kNN neighbours in B scores the mean
+    cosine between its embedded velocity (``obsm[f"{vkey}_{basis}"]``) and the displacements
+    (``obsm[f"X_{basis}"]``) to those neighbours; the transition scores the mean over those cells.
+    Returns ``{"A -> B": score, ..., "mean": mean over the transitions}`` (NaN for a transition
+    whose source cells have no neighbour in the target). The embedded velocities are computed with
+    :func:`velode.tl.velocity_embedding` when missing.
+    """
+    if f"{vkey}_{basis}" not in adata.obsm:
+        from .tl import velocity_embedding
+
+        velocity_embedding(adata, basis=basis, vkey=vkey)
+    x = np.asarray(adata.obsm[f"X_{basis}"], float)[:, :2]
+    v = np.asarray(adata.obsm[f"{vkey}_{basis}"], float)[:, :2]
+    labels = adata.obs[cluster_key].astype(str).to_numpy()
+    knn = _knn_lists(adata)
+    out = {}
+    for a, b in transitions:
+        for name in (a, b):
+            if name not in set(labels):
+                raise ValueError(f"cluster {name!r} is not in obs[{cluster_key!r}]")
+        scores = []
+        for i in np.flatnonzero(labels == a):
+            nb = knn[i][labels[knn[i]] == b]
+            if nb.size == 0:
+                continue
+            d = x[nb] - x[i]
+            den = np.linalg.norm(d, axis=1) * np.linalg.norm(v[i])
+            cos = np.divide(d @ v[i], den, out=np.zeros(nb.size), where=den > 0)
+            scores.append(cos.mean())
+        out[f"{a} -> {b}"] = float(np.mean(scores)) if scores else float("nan")
+    vals = [s for s in out.values() if np.isfinite(s)]
+    out["mean"] = float(np.mean(vals)) if vals else float("nan")
+    return out
+
+
+def in_cluster_coherence(
+    adata: AnnData,
+    *,
+    cluster_key: str = "clusters",
+    vkey: str = "velocity",
+    genes_key: str | None = "velocity_genes",
+) -> dict:
+    """In-cluster coherence (ICCoh): mean cosine between a cell's velocity and its same-cluster neighbours'.
+
+    Velocities are ``layers[vkey]`` over the genes of ``var[genes_key]`` (all genes when absent).
+    Returns ``{cluster: mean over its cells, ..., "mean": mean over the clusters}``.
+    """
+    v = _dense(adata.layers[vkey])
+    if genes_key is not None and genes_key in adata.var and adata.var[genes_key].to_numpy(bool).any():
+        v = v[:, adata.var[genes_key].to_numpy(bool)]
+    v = np.nan_to_num(v)
+    norm = np.linalg.norm(v, axis=1)
+    unit = v / np.where(norm > 0, norm, 1.0)[:, None]
+    labels = adata.obs[cluster_key].astype(str).to_numpy()
+    knn = _knn_lists(adata)
+    per_cell = np.full(adata.n_obs, np.nan)
+    for i in range(adata.n_obs):
+        nb = knn[i][labels[knn[i]] == labels[i]]
+        if nb.size and norm[i] > 0:
+            per_cell[i] = float(np.mean(unit[nb] @ unit[i]))
+    out = {}
+    for c in sorted(set(labels)):
+        vals = per_cell[labels == c]
+        out[c] = float(np.nanmean(vals)) if np.isfinite(vals).any() else float("nan")
+    vals = [s for s in out.values() if np.isfinite(s)]
+    out["mean"] = float(np.mean(vals)) if vals else float("nan")
+    return out
