@@ -29,6 +29,19 @@ def consistency(velocity, spliced, projected_spliced, horizon, inv_sd_s):
     return jnp.mean(consistency_per_cell(velocity, spliced, projected_spliced, horizon, inv_sd_s))
 
 
+def time_uniformity(t, mask):
+    """Squared distance between the sorted latent times of the cells (``mask`` > 0) and the uniform quantiles.
+
+    Zero when the cells are spread evenly over [0, 1]; a weak prior against a clock that crowds
+    whole populations at one end.
+    """
+    n = jnp.sum(mask)
+    ts = jnp.sort(jnp.where(mask > 0, t, jnp.inf))
+    i = jnp.arange(t.shape[0])
+    q = (i + 0.5) / jnp.maximum(n, 1.0)
+    return jnp.sum(jnp.where(i < n, (jnp.where(i < n, ts, 0.0) - q) ** 2, 0.0)) / jnp.maximum(n, 1.0)
+
+
 def weighted_sum(terms: dict, weights: dict):
     """Sum of the terms whose weight is non-zero; a missing weight counts as zero."""
     total = 0.0

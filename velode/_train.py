@@ -21,6 +21,7 @@ class LossConfig:
     reconstruction_weight: float = 1.0
     consistency_weight: float = 0.0
     horizon: float = 0.05
+    time_prior_weight: float = 0.0  # pull the latent times towards an even spread over [0, 1]
 
 
 @dataclasses.dataclass
@@ -109,7 +110,10 @@ def loss_terms(model, features, obs_u, obs_s, mask, inv_sd_u, inv_sd_s, gene_wei
     terms = {"reconstruction": 0.5 * rec / (n_cells * jnp.maximum(jnp.sum(gene_weight), 1e-8))}
     if project:
         terms["consistency"] = cons / n_cells
-    weights = {"reconstruction": loss_cfg.reconstruction_weight, "consistency": loss_cfg.consistency_weight}
+    if loss_cfg.time_prior_weight:
+        terms["time_prior"] = _loss.time_uniformity(t, mask)
+    weights = {"reconstruction": loss_cfg.reconstruction_weight, "consistency": loss_cfg.consistency_weight,
+               "time_prior": loss_cfg.time_prior_weight}
     return _loss.weighted_sum(terms, weights), (terms, ev.info)
 
 
@@ -205,6 +209,8 @@ class Trainer:
         state.history = {"total": [], "reconstruction": []}
         if self.loss_cfg.consistency_weight:
             state.history["consistency"] = []
+        if self.loss_cfg.time_prior_weight:
+            state.history["time_prior"] = []
         return state
 
     def run(self, state: TrainState, data: TrainData, *, until: int | None = None, desc: str = "fitting") -> TrainState:

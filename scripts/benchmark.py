@@ -1,0 +1,286 @@
+"""velode and scVelo's dynamical model side by side, on the same data, kNN graph and UMAP, in one run.
+
+    pip install -e ".[compare]"     # scVelo 0.3.4 (optional: without it only velode is measured)
+    python scripts/benchmark.py [--pancreas ../shared/data/pancreas.h5ad] [--seeds 0 1 2 3 4] [--out docs/benchmark]
+
+Pancreas: one preprocessing (scVelo's recipe: genes with >= 20 shared counts, 2,000 highly variable,
+size-normalised, log1p, 30 PCs, 30 neighbours, first-order moments), one UMAP; then scVelo
+(`recover_dynamics` with 2 jobs, `velocity(mode="dynamical")`, `latent_time`) and velode
+(`velode.tl.fit`, one fit per seed) each on a copy. Both sets of velocities are projected on the UMAP by
+the same code (scVelo's `velocity_graph` / `velocity_embedding` when installed, velode's otherwise) and
+scored by the same metrics: fit wall time, CBDir per transition and mean, ICCoh, latent time vs stage
+order. Switching simulation: the same for the truth metrics (time Spearman, velocity sign agreement and
+cosine with the noise-free velocity, rate recovery, genes fitted).
+
+Writes benchmark.md (the tables), benchmark.json (every number) into --out and prints the tables.
+"""
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+import velode
+from velode import metrics
+
+STAGES = {"Ductal": 0, "Ngn3 low EP": 1, "Ngn3 high EP": 2, "Pre-endocrine": 3,
+          "Alpha": 4, "Beta": 4, "Delta": 4, "Epsilon": 4}
+
+
+def _have_scvelo() -> bool:
+    try:
+        import scvelo  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+# ----------------------------------------------------------------------------------------- fits
+
+
+def fit_scvelo(adata, n_jobs: int):
+    """scVelo's dynamical model in place; returns the wall time of recover_dynamics + velocity."""
+    import scvelo as scv
+
+    t0 = time.perf_counter()
+    scv.tl.recover_dynamics(adata, n_jobs=n_jobs, show_progress_bar=False)
+    scv.tl.velocity(adata, mode="dynamical")
+    seconds = time.perf_counter() - t0
+    return seconds
+
+
+def fit_velode(adata, seed: int, max_steps: int | None):
+    trainer = {"progress": False}
+    if max_steps is not None:
+        trainer["max_steps"] = max_steps
+    r = velode.tl.fit(adata, seed=seed, trainer=trainer)
+    return r.fit_seconds
+
+
+def project(adata, use_scvelo: bool):
+    """Velocity graph and UMAP projection by one shared implementation."""
+    if use_scvelo:
+        import scvelo as scv
+
+        scv.tl.velocity_graph(adata, show_progress_bar=False)
+        scv.tl.velocity_embedding(adata, basis="umap")
+    else:
+        velode.tl.velocity_graph(adata)
+        velode.tl.velocity_embedding(adata, basis="umap")
+
+
+def scvelo_latent_time(adata):
+    import scvelo as scv
+
+    scv.tl.latent_time(adata)
+
+
+# ------------------------------------------------------------------------------------- datasets
+
+
+def preprocess_pancreas(path: str, use_scvelo: bool):
+    a = velode.read(path)
+    if a.X is None:
+        a.X = a.layers["spliced"].copy()
+    if use_scvelo:
+        import scvelo as scv
+
+        import scanpy as sc
+
+        # scVelo 0.3.4's recipe: its gene filter and size normalisation, then log1p and highly
+        # variable genes through scanpy, then its moments.
+        scv.pp.filter_and_normalize(a, min_shared_counts=20)
+        sc.pp.log1p(a)
+        sc.pp.highly_variable_genes(a, n_top_genes=2000, subset=True)
+        scv.pp.moments(a, n_pcs=30, n_neighbors=30)
+    else:
+        a = velode.pp.preprocess(a, min_shared_counts=20, n_top_genes=2000, n_pcs=30, n_neighbors=30)
+    import scanpy as sc
+
+    sc.tl.umap(a, random_state=0)
+    return a
+
+
+def pancreas_scores(a) -> dict:
+    cb = metrics.cross_boundary_correctness(a, metrics.PANCREAS_TRANSITIONS)
+    return {
+        "CBDir": cb.pop("mean"),
+        **{f"CBDir {k}": v for k, v in cb.items()},
+        "ICCoh": metrics.in_cluster_coherence(a)["mean"],
+        "stage Spearman": metrics.stage_spearman(a, STAGES),
+        "velocity genes": int(np.asarray(a.var["velocity_genes"], bool).sum()),
+    }
+
+
+def simulation_scores(a) -> dict:
+    m = metrics.truth_metrics(a)
+    return {
+        "time Spearman": m.get("latent_time_spearman", float("nan")),
+        "sign agreement": m.get("velocity_sign_agreement", float("nan")),
+        "cosine": m.get("velocity_cosine", float("nan")),
+        "alpha Spearman": m.get("alpha_spearman", float("nan")),
+        "beta Spearman": m.get("beta_spearman", float("nan")),
+        "gamma Spearman": m.get("gamma_spearman", float("nan")),
+        "genes fitted": int(np.asarray(a.var["velocity_genes"], bool).sum()),
+    }
+
+
+def _scvelo_ready_simulation(a):
+    """scVelo's keys on a simulation fitted as given (moments = the layers, kNN graph from velode)."""
+    a = velode.pp.preprocess(a, method="none")
+    return a
+
+
+# ------------------------------------------------------------------------------------ reporting
+
+
+def _fmt(v) -> str:
+    if isinstance(v, (bool, np.bool_)):
+        return str(bool(v))
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    if isinstance(v, float):
+        if not np.isfinite(v):
+            return "nan"
+        if v.is_integer() and abs(v) >= 1:
+            return str(int(v))
+        return f"{v:.3f}" if abs(v) < 100 else f"{v:.0f}"
+    return str(v)
+
+
+def _summary(rows: list[dict]) -> dict:
+    """Mean and spread (sd) of each metric over seeds."""
+    out = {}
+    for k in rows[0]:
+        vals = np.asarray([r[k] for r in rows], float)
+        out[k] = (float(np.nanmean(vals)), float(np.nanstd(vals)))
+    return out
+
+
+def table(title: str, methods: dict, keys: list[str]) -> str:
+    """methods: name -> list of per-seed rows. One column per method: mean ± sd (or the value)."""
+    names = list(methods)
+    lines = [f"### {title}", "", "| metric | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    summaries = {n: _summary(rows) for n, rows in methods.items()}
+    for k in keys:
+        cells = []
+        for n in names:
+            mean, sd = summaries[n].get(k, (float("nan"), 0.0))
+            n_rows = len(methods[n])
+            cells.append(_fmt(mean) if n_rows == 1 else f"{_fmt(mean)} ± {_fmt(sd)}")
+        lines.append(f"| {k} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------- main
+
+
+def run_pancreas(path, seeds, use_scvelo, n_jobs, max_steps, log):
+    base = preprocess_pancreas(path, use_scvelo)
+    log(f"pancreas: {base.n_obs} cells x {base.n_vars} genes after preprocessing")
+    methods, times = {}, {}
+    if use_scvelo:
+        a = base.copy()
+        secs = fit_scvelo(a, n_jobs)
+        project(a, True)
+        scvelo_latent_time(a)
+        row = {"fit seconds": secs, **pancreas_scores(a)}
+        methods["scVelo 0.3.4 (dynamical)"] = [row]
+        times["scvelo"] = secs
+        log(f"scVelo: {secs:.1f} s, CBDir {row['CBDir']:.3f}")
+    rows = []
+    for seed in seeds:
+        a = base.copy()
+        secs = fit_velode(a, seed, max_steps)
+        project(a, use_scvelo)
+        row = {"fit seconds": secs, **pancreas_scores(a)}
+        rows.append(row)
+        log(f"velode seed {seed}: {secs:.1f} s, CBDir {row['CBDir']:.3f}")
+    methods[f"velode {velode.__version__} ({len(seeds)} seeds)"] = rows
+    if use_scvelo:
+        for r in rows:
+            r["scVelo time / velode time"] = times["scvelo"] / r["fit seconds"]
+        methods["scVelo 0.3.4 (dynamical)"][0]["scVelo time / velode time"] = 1.0
+    return methods
+
+
+def run_simulation(n_cells, n_genes, seeds, use_scvelo, n_jobs, max_steps, log):
+    methods = {}
+    sim_seed = 0
+    base = _scvelo_ready_simulation(velode.datasets.simulation(n_cells=n_cells, n_genes=n_genes, seed=sim_seed))
+    if use_scvelo:
+        a = base.copy()
+        secs = fit_scvelo(a, n_jobs)
+        project_ok = "X_umap" in a.obsm
+        if not project_ok:
+            import scanpy as sc
+
+            sc.tl.umap(a, random_state=0)
+        project(a, True)
+        scvelo_latent_time(a)
+        methods["scVelo 0.3.4 (dynamical)"] = [{"fit seconds": secs, **simulation_scores(a)}]
+        log(f"simulation scVelo: {secs:.1f} s")
+    rows = []
+    for seed in seeds:
+        a = base.copy()
+        secs = fit_velode(a, seed, max_steps)
+        rows.append({"fit seconds": secs, **simulation_scores(a)})
+        log(f"simulation velode seed {seed}: {secs:.1f} s")
+    methods[f"velode {velode.__version__} ({len(seeds)} seeds)"] = rows
+    return methods
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    default = Path(__file__).resolve().parents[2] / "shared" / "data" / "pancreas.h5ad"
+    ap.add_argument("--pancreas", default=str(default), help="pancreas .h5ad ('none' to skip)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="velode seeds")
+    ap.add_argument("--sim-cells", type=int, default=1000)
+    ap.add_argument("--sim-genes", type=int, default=100)
+    ap.add_argument("--n-jobs", type=int, default=2, help="scVelo's recover_dynamics jobs")
+    ap.add_argument("--max-steps", type=int, default=None, help="cap velode's training steps (tests)")
+    ap.add_argument("--no-scvelo", action="store_true", help="measure velode alone")
+    ap.add_argument("--out", default="docs/benchmark", help="folder for benchmark.md and benchmark.json")
+    args = ap.parse_args(argv)
+    use_scvelo = _have_scvelo() and not args.no_scvelo
+    if use_scvelo:
+        import scvelo as scv
+
+        scv.settings.verbosity = 0
+    log = lambda msg: print(msg, flush=True)  # noqa: E731
+    log(f"velode {velode.__version__}; scVelo {'0.3.4 ' if use_scvelo else 'not '}installed; {os.cpu_count()} CPU cores")
+    t0 = time.perf_counter()
+    results, parts = {}, []
+    import sys
+
+    words = sys.argv[1:] if argv is None else argv
+    header = ["## velode vs scVelo", "", "Command: `python scripts/benchmark.py " + " ".join(words) + "`", ""]
+    if args.pancreas != "none" and Path(args.pancreas).exists():
+        pan = run_pancreas(args.pancreas, args.seeds, use_scvelo, args.n_jobs, args.max_steps, log)
+        results["pancreas"] = pan
+        keys = ["fit seconds", "scVelo time / velode time", "CBDir"]
+        keys += [f"CBDir {a} -> {b}" for a, b in metrics.PANCREAS_TRANSITIONS]
+        keys += ["ICCoh", "stage Spearman", "velocity genes"]
+        parts.append(table("Pancreas (3,696 cells)", pan, [k for k in keys if any(k in r[0] for r in pan.values())]))
+    elif args.pancreas != "none":
+        log(f"skipping pancreas: {args.pancreas} not found")
+    sim = run_simulation(args.sim_cells, args.sim_genes, args.seeds, use_scvelo, args.n_jobs, args.max_steps, log)
+    results["simulation"] = sim
+    keys = ["fit seconds", "time Spearman", "sign agreement", "cosine", "alpha Spearman", "beta Spearman",
+            "gamma Spearman", "genes fitted"]
+    parts.append(table(f"Switching simulation ({args.sim_cells} cells x {args.sim_genes} genes, truth known)", sim, keys))
+    text = "\n".join(header) + "\n\n".join(parts) + f"\n\nTotal benchmark time {time.perf_counter() - t0:.0f} s.\n"
+    out = Path(args.out)
+    from velode import _outputs
+
+    _outputs.atomic_write(out / "benchmark.md", lambda tmp: Path(tmp).write_text(text))
+    _outputs.write_json(out / "benchmark.json", results)
+    print(text)
+    return results
+
+
+if __name__ == "__main__":
+    main()
