@@ -150,7 +150,7 @@ N_CELLS, CHUNK = 37, 16  # 37 cells: not a multiple of the chunk
 
 
 @functools.cache
-def _small_problem(seed=0):
+def _small_problem(seed=0, onset=False):
     rng = np.random.default_rng(seed)
     obs_s = rng.gamma(2.0, 1.0, (N_CELLS, N_GENES))
     obs_u = rng.gamma(2.0, 0.5, (N_CELLS, N_GENES))
@@ -171,6 +171,8 @@ def _small_problem(seed=0):
         alpha0=f64(rng.uniform(0.05, 0.3, N_GENES)),
         switch=f64(switch),
     )
+    if onset:  # each gene's onset inside the range of the latent times, before its switch
+        kin = kin.with_onset(f64(np.minimum(np.quantile(t, rng.uniform(0.05, 0.25, N_GENES)), 0.8 * switch)))
     model = VelocityModel(fmap, encoder, kin)
     inv_u = 1.0 / obs_u.std(0)
     inv_s = 1.0 / obs_s.std(0)
@@ -188,18 +190,21 @@ _loss_grad_closed = eqx.filter_jit(_loss_grad)
 
 
 @pytest.mark.parametrize(
-    "solver, consistency",
+    "solver, consistency, onset",
     [
-        (None, 0.0),
-        (None, 0.1),
-        pytest.param(diffrax.Tsit5, 0.1, marks=pytest.mark.slow),
-        pytest.param(diffrax.Tsit5, 0.0, marks=pytest.mark.slow),
+        (None, 0.0, False),
+        (None, 0.1, False),
+        (None, 0.0, True),
+        pytest.param(diffrax.Tsit5, 0.1, False, marks=pytest.mark.slow),
+        pytest.param(diffrax.Tsit5, 0.0, False, marks=pytest.mark.slow),
+        pytest.param(diffrax.Tsit5, 0.0, True, marks=pytest.mark.slow),
     ],
-    ids=["closed", "closed-consistency", "tsit5-consistency", "tsit5"],
+    ids=["closed", "closed-consistency", "closed-onset", "tsit5-consistency", "tsit5", "tsit5-onset"],
 )
-def test_every_trainable_leaf_gets_a_gradient(x64, solver, consistency):
+def test_every_trainable_leaf_gets_a_gradient(x64, solver, consistency, onset):
     integ = CLOSED if solver is None else _tsit5()
-    model, features, obs_u, obs_s, inv_u, inv_s, weight = _small_problem()
+    model, features, obs_u, obs_s, inv_u, inv_s, weight = _small_problem(onset=onset)
+    assert (model.kinetics.onset_time() is not None) == onset
     t = model.encoder(features)
     t_sw = model.kinetics.switch_time()
     assert bool(jnp.all(jnp.any(t[:, None] > t_sw, axis=0))), (t, t_sw)

@@ -232,3 +232,27 @@ def test_states_stay_non_negative(x64, alpha, beta, gamma, alpha0, switch, dynam
         assert bool(info.ok)
         assert float(jnp.min(u)) >= -1e-9, integ.solver
         assert float(jnp.min(s)) >= -1e-9, integ.solver
+
+
+@pytest.mark.parametrize("solver", [diffrax.Tsit5(), diffrax.Dopri5()], ids=["tsit5", "dopri5"])
+def test_onset_of_induction_closed_form_and_solvers_agree(x64, solver):
+    """With an onset, genes rest at their start until it, then follow the same kinetics shifted in time."""
+    from helpers import random_kinetics
+
+    kin = random_kinetics("dynamical", 6, seed=5, dtype=jnp.float64)
+    onset = 0.5 * kin.switch_time()
+    with_on = kin.with_onset(onset)
+    np.testing.assert_allclose(np.asarray(with_on.onset_time()), np.asarray(onset), rtol=1e-9)
+    t = jnp.linspace(0.0, 1.0, 101)[:, None]
+    u, s, _ = evaluate(with_on, t, Integrator(), t_end=1.0)
+    before = np.asarray(t < onset)
+    np.testing.assert_allclose(np.asarray(u)[before], np.broadcast_to(np.asarray(kin.u0), u.shape)[before], rtol=1e-12)
+    # after the onset: the kinetics without onset, at the time since the onset
+    u_ref, s_ref, _ = evaluate(kin, jnp.maximum(t - onset, 0.0), Integrator(), t_end=1.0)
+    on = np.asarray((t >= onset) & (t < kin.switch_time()))
+    np.testing.assert_allclose(np.asarray(s)[on], np.asarray(s_ref)[on], rtol=1e-10)
+    integ = Integrator(solver=solver, stepsize_controller=diffrax.PIDController(rtol=1e-8, atol=1e-10), n_grid=257)
+    u_n, s_n, info = evaluate(with_on, t, integ, t_end=1.0)
+    assert bool(info.ok)
+    np.testing.assert_allclose(np.asarray(s_n), np.asarray(s), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(np.asarray(u_n), np.asarray(u), rtol=1e-5, atol=1e-7)

@@ -88,12 +88,18 @@ class AbstractKinetics(eqx.Module):
     def switch_time(self) -> Float[Array, " genes"] | None:
         """Per-gene time at which transcription switches off, or None if it never does."""
 
+    def onset_time(self) -> Float[Array, " genes"] | None:
+        """Per-gene time at which transcription switches from alpha0 to alpha, or None for t = 0."""
+        return None
+
     def alpha_at(self, t):
         """Transcription rate at time(s) t, shape broadcast of t against (genes,)."""
         t_sw = self.switch_time()
         if t_sw is None:
             return jnp.broadcast_to(self.alpha, jnp.broadcast_shapes(jnp.shape(t), self.alpha.shape))
-        return jnp.where(t < t_sw, self.alpha, 0.0)
+        a = jnp.where(t < t_sw, self.alpha, 0.0)
+        t_on = self.onset_time()
+        return a if t_on is None else jnp.where(t < t_on, self.alpha0, a)
 
 
 def _init_fields(n_genes, rate_max, alpha, beta, gamma, scale, alpha0):
@@ -121,18 +127,40 @@ class StandardKinetics(AbstractKinetics):
 
 
 class DynamicalKinetics(AbstractKinetics):
-    """Induction (alpha on) until a learned per-gene switch time, then repression (alpha = 0)."""
+    """Induction (alpha on) until a learned per-gene switch time, then repression (alpha = 0).
+
+    With ``onset`` (genes,) each gene also has a learned onset: it rests at the steady state of alpha0 until its
+    onset time (a learned fraction of its switch time), so a gene induced late in the process does not
+    have to start changing at t = 0.
+    """
 
     raw_switch: Float[Array, " genes"]
+    raw_onset: Float[Array, " genes"] | None  # None: induction starts at t = 0
     switch_max: float = eqx.field(static=True)
 
     def __init__(self, n_genes: int, *, alpha=1.0, beta=1.0, gamma=1.0, scale=1.0, alpha0=1e-3,
-                 switch=0.5, rate_max: float = 50.0, switch_max: float = 1.5):
+                 switch=0.5, onset=None, rate_max: float = 50.0, switch_max: float = 1.5):
         for name, value in _init_fields(n_genes, rate_max, alpha, beta, gamma, scale, alpha0).items():
             setattr(self, name, value)
         sw = jnp.broadcast_to(jnp.asarray(switch, dtype=float), (n_genes,))
         self.raw_switch = _logit(jnp.clip(sw / switch_max, 1e-4, 1 - 1e-4))
+        if onset is None:
+            self.raw_onset = None
+        else:
+            on = jnp.broadcast_to(jnp.asarray(onset, dtype=float), (n_genes,))
+            self.raw_onset = _logit(jnp.clip(on / jnp.maximum(sw, 1e-6), 1e-3, 1 - 1e-3))
         self.switch_max = float(switch_max)
 
     def switch_time(self):
         return self.switch_max * jax.nn.sigmoid(self.raw_switch)
+
+    def with_onset(self, onset) -> "DynamicalKinetics":
+        """The same kinetics with a learnable onset of induction, started at ``onset`` (genes,)."""
+        frac = jnp.clip(jnp.asarray(onset, dtype=self.raw_switch.dtype) / jnp.maximum(self.switch_time(), 1e-6),
+                        1e-3, 1 - 1e-3)
+        return eqx.tree_at(lambda k: k.raw_onset, self, _logit(frac), is_leaf=lambda x: x is None)
+
+    def onset_time(self):
+        if self.raw_onset is None:
+            return None
+        return self.switch_time() * jax.nn.sigmoid(self.raw_onset)

@@ -127,11 +127,15 @@ class Evaluator(eqx.Module):
         """(u, s) at times t of shape (rows, 1) or (rows, genes); u in model (unscaled) units."""
         kin = self.kinetics
         t_sw = kin.switch_time()
+        t_on = kin.onset_time()
+        # Time since the onset of induction (the state rests at its start before it).
+        t_ind = t if t_on is None else jnp.maximum(t - t_on, 0.0)
         if self.analytic:
             if t_sw is None:
-                return solve_constant(kin.u0, kin.s0, kin.alpha, kin.beta, kin.gamma, t)
+                return solve_constant(kin.u0, kin.s0, kin.alpha, kin.beta, kin.gamma, t_ind)
             # One closed-form pass per entry: from the start before the switch, from the switch state after.
-            u_sw, s_sw = solve_constant(kin.u0, kin.s0, kin.alpha, kin.beta, kin.gamma, t_sw)
+            dur = t_sw if t_on is None else t_sw - t_on
+            u_sw, s_sw = solve_constant(kin.u0, kin.s0, kin.alpha, kin.beta, kin.gamma, dur)
             on = t < t_sw
             return solve_constant(
                 jnp.where(on, kin.u0, u_sw),
@@ -139,15 +143,16 @@ class Evaluator(eqx.Module):
                 jnp.where(on, kin.alpha, 0.0),
                 kin.beta,
                 kin.gamma,
-                jnp.where(on, t, t - t_sw),
+                jnp.where(on, t_ind, t - t_sw),
             )
         t = jnp.broadcast_to(t, t.shape[:-1] + (kin.n_genes,))
+        t_ind = jnp.broadcast_to(t_ind, t.shape)
         if t_sw is None:
-            return _hermite(self.grid, t)
-        # One interpolation per entry: on the induction grid before the switch, after it on the
-        # repression grid (stacked below) at the time since the switch.
+            return _hermite(self.grid, t_ind)
+        # One interpolation per entry: on the induction grid (time since onset) before the switch,
+        # after it on the repression grid (stacked below) at the time since the switch.
         on = t < t_sw
-        return _hermite(self.grid, jnp.where(on, t, t - t_sw), jnp.where(on, 0, self.grid.n))
+        return _hermite(self.grid, jnp.where(on, t_ind, t - t_sw), jnp.where(on, 0, self.grid.n))
 
 
 def prepare(kinetics: AbstractKinetics, integrator: Integrator, t_end: float) -> Evaluator:
@@ -159,7 +164,9 @@ def prepare(kinetics: AbstractKinetics, integrator: Integrator, t_end: float) ->
     t_sw = kinetics.switch_time()
     grid = grid_on
     if t_sw is not None:
-        u_sw, s_sw = _hermite(grid_on, t_sw[None, :])
+        t_on = kinetics.onset_time()
+        dur = t_sw if t_on is None else t_sw - t_on
+        u_sw, s_sw = _hermite(grid_on, dur[None, :])
         grid_off, info_off = _solve_on_grid(
             integrator, u_sw[0], s_sw[0], (jnp.zeros_like(alpha), beta, gamma), t_end
         )

@@ -88,7 +88,8 @@ def fit(
       ``layers["velocity"]`` (ds/dt, cells x genes), ``layers["velocity_u"]`` (du/dt),
       ``layers["fit_s"]``, ``layers["fit_u"]`` (fitted states), ``layers["projected_spliced"]`` (s at
       latent time + loss horizon), ``obs["latent_time"]`` (in [0, 1]),
-      ``var["fit_alpha"|"fit_beta"|"fit_gamma"|"fit_scaling"|"fit_alpha0"|"fit_t_"|"fit_r2"]``,
+      ``var["fit_alpha"|"fit_beta"|"fit_gamma"|"fit_scaling"|"fit_alpha0"|"fit_t_"|"fit_r2"]`` (and
+      ``var["fit_t_on"]``, the onset of induction, with ``model={"onset": True}``),
       ``var["velocity_genes"]`` (fit R^2 > ``r2_min``), ``uns["velode"]`` (settings and training record).
 
     Returns the :class:`FitResult` (model and training state), e.g. for saving the model.
@@ -162,6 +163,9 @@ def write_result(adata: AnnData, result: FitResult, obs_s, obs_u, *, r2_min: flo
     adata.var["fit_alpha0"] = np_(kin.alpha0)
     t_sw = kin.switch_time()
     adata.var["fit_t_"] = np_(t_sw) if t_sw is not None else np.full(adata.n_vars, np.inf, np.float32)
+    t_on = kin.onset_time()
+    if t_on is not None:
+        adata.var["fit_t_on"] = np_(t_on)
     adata.var["fit_r2"] = r2.astype(np.float32)
     adata.var["velocity_genes"] = np.isfinite(r2) & (r2 > r2_min)
     st = result.state
@@ -199,7 +203,11 @@ def fitted_curves(adata: AnnData, n_points: int = 200):
                   alpha0=v["fit_alpha0"], rate_max=rate_max)
     if np.all(np.isfinite(v["fit_t_"])):
         t_sw = v["fit_t_"]
-        kin = DynamicalKinetics(adata.n_vars, switch=t_sw, switch_max=1.01 * float(t_sw.max()) + 1e-6, **common)
+        onset = {}
+        if "fit_t_on" in adata.var:
+            onset = dict(onset=adata.var["fit_t_on"].to_numpy(np.float64))
+        kin = DynamicalKinetics(adata.n_vars, switch=t_sw, switch_max=1.01 * float(t_sw.max()) + 1e-6, **onset,
+                                **common)
     else:
         kin = StandardKinetics(adata.n_vars, **common)
     t = np.linspace(0.0, 1.0, n_points)
