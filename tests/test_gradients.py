@@ -282,3 +282,28 @@ def test_chunked_loss_equals_direct_computation(x64, solver, consistency):
             # the mask and the gene weights are single precision: so is their normalising product
             assert float(chunk_terms[k]) == pytest.approx(float(terms[k]), rel=1e-6), (chunk, k)
         assert float(loss) == pytest.approx(float(total), rel=1e-6), chunk
+
+
+def test_cell_specific_transcription_gets_gradients_and_reduces_to_the_plain_model(x64):
+    from velode.model._model import CellModulator
+
+    model, features, obs_u, obs_s, inv_u, inv_s, weight = _small_problem()
+    data = TrainData.build(features, obs_u, obs_s, inv_u, inv_s, weight, chunk=CHUNK)
+    cfg = LossConfig()
+    mod = CellModulator(features.shape[1], N_GENES, 3, key=jax.random.key(1), init_scale=0.3)
+    with_mod = VelocityModel(model.features, model.encoder, model.kinetics, mod)
+    grads = _loss_grad_closed(with_mod, data.arrays(), CLOSED, cfg, data.chunk)
+    for leaf in jax.tree_util.tree_leaves(eqx.filter(grads.modulator, eqx.is_inexact_array)):
+        assert bool(jnp.all(jnp.isfinite(leaf))) and float(jnp.linalg.norm(leaf)) > 0
+    # zero loadings: every cell's alpha is the gene's alpha, so the loss is the plain model's
+    flat = eqx.tree_at(lambda m: m.modulator.loadings, with_mod, jnp.zeros_like(mod.loadings))
+    l_mod = _loss_of_closed(flat, data.arrays(), CLOSED, cfg, data.chunk)[0]
+    l_plain = _loss_of_closed(model, data.arrays(), CLOSED, cfg, data.chunk)[0]
+    assert float(l_mod) == pytest.approx(float(l_plain), rel=1e-12)
+    # the chunked loss equals the loss written out from predict() with the modulation
+    pred = predict(with_mod, features, CLOSED)
+    r = ((pred.unspliced - obs_u) * inv_u) ** 2 + ((pred.spliced - obs_s) * inv_s) ** 2
+    direct = 0.5 * jnp.mean(jnp.sum(weight * r, axis=1)) / jnp.sum(weight)
+    l_with = _loss_of_closed(with_mod, data.arrays(), CLOSED, cfg, data.chunk)[0]
+    assert float(l_with) == pytest.approx(float(direct), rel=1e-6)  # features (and so z) are float32
+    assert float(l_with) != pytest.approx(float(l_plain), rel=1e-6)

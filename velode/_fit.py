@@ -21,7 +21,7 @@ from ._errors import ConfigError
 from ._train import LossConfig, Trainer, TrainerConfig, TrainData, TrainState, loss_terms, loss_value
 from .model._encoder import TimeEncoder, fit_feature_map
 from .model._kinetics import DynamicalKinetics, StandardKinetics
-from .model._model import VelocityModel, predict
+from .model._model import CellModulator, VelocityModel, predict
 from .model._solve import Integrator, evaluate
 
 KINETICS = {"standard": StandardKinetics, "dynamical": DynamicalKinetics}
@@ -42,6 +42,8 @@ class ModelConfig:
     assign_rounds: int = 3
     assign_grid: int = 200
     onset: bool = False  # dynamical kinetics: learn a per-gene onset of induction (rest at alpha0 before it)
+    cell_rank: int = 0  # > 0: cell-specific transcription alpha_cg = alpha_g exp(z_c . w_g), z of this rank
+    cell_bound: float = 2.0  # |z_c . w_g| is softly bounded by this (alpha varies at most e^bound-fold)
 
 
 @dataclasses.dataclass
@@ -151,6 +153,8 @@ def fit_arrays(
     """Fit on dense numpy arrays (cells x genes); ``root_mask`` (cells,) marks cells that come first."""
     if model_cfg.kinetics not in KINETICS:
         raise ConfigError(f"unknown model kinetics {model_cfg.kinetics!r}: choose one of {sorted(KINETICS)}")
+    if model_cfg.cell_rank > 0 and not integrator.analytic:
+        raise ConfigError("model.cell_rank > 0 (cell-specific transcription) needs solver=analytic")
     t_setup = time.perf_counter()
     obs_s = np.asarray(obs_s, np.float32)
     obs_u = np.asarray(obs_u, np.float32)
@@ -195,18 +199,24 @@ def fit_arrays(
         orientation = min(probe_losses, key=probe_losses.get)
         state = states[orientation]
     compile_seconds, run_seconds = 0.0, 0.0
-    if model_cfg.onset and model_cfg.kinetics == "dynamical":
-        # The direction of time is chosen without onsets (they would let a reversed clock fit as well);
-        # then every gene gets its onset of induction and training goes on with the richer model.
-        t_now = np.asarray(state.model.encoder(features[: data.n_cells]))
-        kin = state.model.kinetics
-        kin = kin.with_onset(_onset_init(t_now, obs_u, np.asarray(kin.switch_time())))
-        model = eqx.tree_at(lambda m: m.kinetics, state.model, kin)
+    richer = (model_cfg.onset and model_cfg.kinetics == "dynamical") or model_cfg.cell_rank > 0
+    if richer:
+        # The direction of time is chosen with the plain model (onsets or cell-specific transcription
+        # would let a reversed clock fit as well); then training goes on with the richer model.
+        model = state.model
+        if model_cfg.onset and model_cfg.kinetics == "dynamical":
+            t_now = np.asarray(model.encoder(features[: data.n_cells]))
+            kin = model.kinetics.with_onset(_onset_init(t_now, obs_u, np.asarray(model.kinetics.switch_time())))
+            model = eqx.tree_at(lambda m: m.kinetics, model, kin)
+        if model_cfg.cell_rank > 0:
+            mod = CellModulator(fmap.n_features, obs_s.shape[1], model_cfg.cell_rank, bound=model_cfg.cell_bound,
+                                key=jax.random.fold_in(k_enc, 1))
+            model = VelocityModel(model.features, model.encoder, model.kinetics, mod)
         compile_seconds, run_seconds = trainer.compile_seconds, trainer.run_seconds
         trainer = Trainer(model, integrator, loss_cfg, trainer_cfg)
-        richer = trainer.init(model, state.key)
-        richer.step, richer.history = state.step, state.history
-        state = richer
+        new_state = trainer.init(model, state.key)
+        new_state.step, new_state.history = state.step, state.history
+        state = new_state
     if model_cfg.assign_rounds > 0:
         per_round = max(1, (trainer_cfg.max_steps - state.step) // (model_cfg.assign_rounds + 1))
         for r in range(model_cfg.assign_rounds):

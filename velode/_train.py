@@ -87,14 +87,18 @@ def loss_terms(model, features, obs_u, obs_s, mask, inv_sd_u, inv_sd_s, gene_wei
     n_rows, n_genes = obs_u.shape
     n_chunks = n_rows // chunk
 
+    mod = model.modulator
+    z = None if mod is None else mod.embed(features)
+
     def body(carry, xs):
-        t_c, u_c, s_c, m_c = xs
-        u, s = ev(t_c[:, None])
+        t_c, u_c, s_c, m_c, z_c = xs
+        mult = None if mod is None else mod.scale(z_c)
+        u, s = ev(t_c[:, None], mult)
         r = ((kin.scale * u - u_c) * inv_sd_u) ** 2 + ((s - s_c) * inv_sd_s) ** 2
         rec = jnp.sum(m_c * (r @ gene_weight))
         cons = jnp.zeros(())
         if project:
-            _, s_next = ev(t_c[:, None] + h)
+            _, s_next = ev(t_c[:, None] + h, mult)
             vel = kin.beta * u - kin.gamma * s
             cons = jnp.sum(m_c * _loss.consistency_per_cell(vel, s, s_next, h, inv_sd_s))
         return (carry[0] + rec, carry[1] + cons), None
@@ -104,6 +108,7 @@ def loss_terms(model, features, obs_u, obs_s, mask, inv_sd_u, inv_sd_s, gene_wei
         obs_u.reshape(n_chunks, chunk, n_genes),
         obs_s.reshape(n_chunks, chunk, n_genes),
         mask.reshape(n_chunks, chunk),
+        None if z is None else z.reshape(n_chunks, chunk, z.shape[1]),
     )
     (rec, cons), _ = jax.lax.scan(jax.checkpoint(body), (jnp.zeros(()), jnp.zeros(())), xs)
     n_cells = jnp.sum(mask)
@@ -139,6 +144,9 @@ def make_optimizer(model: VelocityModel, cfg: TrainerConfig):
     labels = jax.tree_util.tree_map(lambda _: "kinetics", eqx.filter(model, eqx.is_inexact_array))
     labels = eqx.tree_at(lambda m: m.encoder, labels, jax.tree_util.tree_map(lambda _: "encoder", labels.encoder))
     labels = eqx.tree_at(lambda m: m.features, labels, jax.tree_util.tree_map(lambda _: "frozen", labels.features))
+    if model.modulator is not None:  # cell-specific transcription: learned at the encoder's pace
+        labels = eqx.tree_at(lambda m: m.modulator, labels,
+                             jax.tree_util.tree_map(lambda _: "encoder", labels.modulator))
     return optax.multi_transform(
         {
             "kinetics": opt(schedule(cfg.lr)),

@@ -5,7 +5,8 @@ uniform grid; each cell-gene value is then a cubic Hermite interpolation between
 the slopes taken from the vector field itself (fourth-order accurate in the grid spacing). A
 per-gene switch of transcription would put a kink in the joint solve, so each phase is solved from
 its own start: induction from t = 0, repression from each gene's switch time (time shifted, so both
-solves are smooth).
+solves are smooth). Implicit solvers integrate each gene as its own 2-dim system (vmapped over genes),
+so their Newton steps factorise 2 x 2 blocks, not a dense Jacobian of the joint state.
 """
 
 import diffrax
@@ -26,10 +27,20 @@ class Integrator(eqx.Module):
     max_steps: int = eqx.field(static=True, default=4096)
     dt0: float | None = eqx.field(static=True, default=None)
     n_grid: int = eqx.field(static=True, default=129)
+    # Solve each gene as its own 2-dim system (vmapped) rather than all genes as one state; None: only
+    # for implicit solvers, which on the joint state would factorise a dense (2 genes)^2 Jacobian at
+    # every step although the system is block-diagonal (2 x 2 per gene).
+    per_gene: bool | None = eqx.field(static=True, default=None)
 
     @property
     def analytic(self) -> bool:
         return self.solver is None
+
+    @property
+    def solves_per_gene(self) -> bool:
+        if self.per_gene is None:
+            return isinstance(self.solver, diffrax.AbstractImplicitSolver)
+        return self.per_gene
 
 
 class SolveInfo(eqx.Module):
@@ -55,18 +66,14 @@ class _Grid(eqx.Module):
     n: int = eqx.field(static=True)  # points per grid
 
 
-def _solve_on_grid(integrator: Integrator, u0, s0, args, t_end: float):
-    ts = jnp.linspace(0.0, t_end, integrator.n_grid)
-    dt0 = integrator.dt0
-    if dt0 is None and isinstance(integrator.stepsize_controller, diffrax.ConstantStepSize):
-        dt0 = t_end / (integrator.n_grid - 1)
-    sol = diffrax.diffeqsolve(
+def _diffeqsolve(integrator: Integrator, y0, args, ts, t_end: float, dt0):
+    return diffrax.diffeqsolve(
         diffrax.ODETerm(vector_field),
         integrator.solver,
         t0=0.0,
         t1=t_end,
         dt0=dt0,
-        y0=(u0, s0),
+        y0=y0,
         args=args,
         saveat=diffrax.SaveAt(ts=ts),
         stepsize_controller=integrator.stepsize_controller,
@@ -74,14 +81,32 @@ def _solve_on_grid(integrator: Integrator, u0, s0, args, t_end: float):
         max_steps=integrator.max_steps,
         throw=False,
     )
-    u, s = sol.ys
+
+
+def _solve_on_grid(integrator: Integrator, u0, s0, args, t_end: float):
+    ts = jnp.linspace(0.0, t_end, integrator.n_grid)
+    dt0 = integrator.dt0
+    if dt0 is None and isinstance(integrator.stepsize_controller, diffrax.ConstantStepSize):
+        dt0 = t_end / (integrator.n_grid - 1)
+    if integrator.solves_per_gene:
+        sol = jax.vmap(lambda y0, a: _diffeqsolve(integrator, y0, a, ts, t_end, dt0))((u0, s0), args)
+        u, s = (y.T for y in sol.ys)  # (genes, grid) -> (grid, genes)
+        succeeded = jnp.all(sol.result == diffrax.RESULTS.successful)
+        # The counts of the gene that took most steps: the loop iterations the vmapped solve ran.
+        slowest = jnp.argmax(sol.stats["num_steps"])
+        stats = {k: sol.stats[k][slowest] for k in ("num_steps", "num_accepted_steps", "num_rejected_steps")}
+    else:
+        sol = _diffeqsolve(integrator, (u0, s0), args, ts, t_end, dt0)
+        u, s = sol.ys
+        succeeded = sol.result == diffrax.RESULTS.successful
+        stats = sol.stats
     du, ds = vector_field(None, (u, s), args)
-    ok = (sol.result == diffrax.RESULTS.successful) & jnp.all(jnp.isfinite(u)) & jnp.all(jnp.isfinite(s))
+    ok = succeeded & jnp.all(jnp.isfinite(u)) & jnp.all(jnp.isfinite(s))
     info = SolveInfo(
         ok,
-        jnp.asarray(sol.stats["num_steps"], jnp.int32),
-        jnp.asarray(sol.stats["num_accepted_steps"], jnp.int32),
-        jnp.asarray(sol.stats["num_rejected_steps"], jnp.int32),
+        jnp.asarray(stats["num_steps"], jnp.int32),
+        jnp.asarray(stats["num_accepted_steps"], jnp.int32),
+        jnp.asarray(stats["num_rejected_steps"], jnp.int32),
     )
     # Failed solves fill ys with inf; keep the arithmetic finite so the failure is reported, not NaN'd.
     clean = lambda a: jnp.where(jnp.isfinite(a), a, 0.0)  # noqa: E731
@@ -123,24 +148,30 @@ class Evaluator(eqx.Module):
     grid: _Grid | None  # induction grid, with the repression grid stacked after it for switching kinetics
     info: SolveInfo
 
-    def __call__(self, t):
-        """(u, s) at times t of shape (rows, 1) or (rows, genes); u in model (unscaled) units."""
+    def __call__(self, t, alpha_scale=None):
+        """(u, s) at times t of shape (rows, 1) or (rows, genes); u in model (unscaled) units.
+
+        ``alpha_scale`` (rows, genes), closed form only: a per-cell factor on the induction rate alpha.
+        """
         kin = self.kinetics
+        if alpha_scale is not None and not self.analytic:
+            raise ValueError("a cell-specific transcription rate needs the closed form (solver=analytic)")
+        alpha = kin.alpha if alpha_scale is None else kin.alpha * alpha_scale
         t_sw = kin.switch_time()
         t_on = kin.onset_time()
         # Time since the onset of induction (the state rests at its start before it).
         t_ind = t if t_on is None else jnp.maximum(t - t_on, 0.0)
         if self.analytic:
             if t_sw is None:
-                return solve_constant(kin.u0, kin.s0, kin.alpha, kin.beta, kin.gamma, t_ind)
+                return solve_constant(kin.u0, kin.s0, alpha, kin.beta, kin.gamma, t_ind)
             # One closed-form pass per entry: from the start before the switch, from the switch state after.
             dur = t_sw if t_on is None else t_sw - t_on
-            u_sw, s_sw = solve_constant(kin.u0, kin.s0, kin.alpha, kin.beta, kin.gamma, dur)
+            u_sw, s_sw = solve_constant(kin.u0, kin.s0, alpha, kin.beta, kin.gamma, dur)
             on = t < t_sw
             return solve_constant(
                 jnp.where(on, kin.u0, u_sw),
                 jnp.where(on, kin.s0, s_sw),
-                jnp.where(on, kin.alpha, 0.0),
+                jnp.where(on, alpha, 0.0),
                 kin.beta,
                 kin.gamma,
                 jnp.where(on, t_ind, t - t_sw),
