@@ -256,3 +256,23 @@ def test_onset_of_induction_closed_form_and_solvers_agree(x64, solver):
     assert bool(info.ok)
     np.testing.assert_allclose(np.asarray(s_n), np.asarray(s), rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(np.asarray(u_n), np.asarray(u), rtol=1e-5, atol=1e-7)
+
+
+def test_per_cell_alpha_scale_equals_kinetics_with_that_alpha(x64):
+    """A cell-specific factor on alpha gives the state of kinetics whose alpha is scaled by it."""
+    from velode.model._kinetics import _inv_softplus
+    from velode.model._solve import prepare
+
+    kin = random_kinetics("dynamical", 5, seed=2, dtype=jnp.float64)
+    kin = kin.with_onset(0.3 * kin.switch_time())
+    t = jnp.linspace(0.0, 1.0, 41)[:, None]
+    ev = prepare(kin, Integrator(), t_end=1.0)
+    for m in (0.4, 1.0, 2.5):
+        u, s = ev(t, jnp.full((41, 5), m))
+        scaled = eqx.tree_at(lambda k: k.raw_alpha, kin, _inv_softplus(m * kin.alpha))
+        u_ref, s_ref, _ = evaluate(scaled, t, Integrator(), t_end=1.0)
+        np.testing.assert_allclose(np.asarray(u), np.asarray(u_ref), rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(np.asarray(s), np.asarray(s_ref), rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="closed form"):
+        prepare(kin, Integrator(solver=diffrax.Tsit5(), stepsize_controller=diffrax.PIDController(rtol=1e-3, atol=1e-6)),
+                t_end=1.0)(t, jnp.ones((41, 5)))

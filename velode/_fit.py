@@ -213,7 +213,7 @@ def fit_arrays(
                                 key=jax.random.fold_in(k_enc, 1))
             model = VelocityModel(model.features, model.encoder, model.kinetics, mod)
         compile_seconds, run_seconds = trainer.compile_seconds, trainer.run_seconds
-        trainer = Trainer(model, integrator, loss_cfg, trainer_cfg)
+        trainer = Trainer(model, integrator, loss_cfg, trainer_cfg, step_offset=state.step)  # schedule goes on
         new_state = trainer.init(model, state.key)
         new_state.step, new_state.history = state.step, state.history
         state = new_state

@@ -126,16 +126,20 @@ def loss_terms(model, features, obs_u, obs_s, mask, inv_sd_u, inv_sd_s, gene_wei
 OPTIMIZERS = ("adam", "adamw", "adabelief", "amsgrad", "lion", "nadam", "radam", "rmsprop", "sgd", "yogi")
 
 
-def make_optimizer(model: VelocityModel, cfg: TrainerConfig):
+def make_optimizer(model: VelocityModel, cfg: TrainerConfig, step_offset: int = 0):
+    """Optax optimiser with its learning-rate schedule; ``step_offset``: the schedule resumes at that step."""
+
     def schedule(lr):
         if cfg.schedule == "constant":
             return lr
         if cfg.schedule == "cosine":
             if cfg.warmup_steps <= 0:
-                return optax.cosine_decay_schedule(lr, max(cfg.max_steps, 1), alpha=0.05)
-            return optax.warmup_cosine_decay_schedule(
-                0.0, lr, cfg.warmup_steps, max(cfg.max_steps, cfg.warmup_steps + 1), lr * 0.05
-            )
+                sched = optax.cosine_decay_schedule(lr, max(cfg.max_steps, 1), alpha=0.05)
+            else:
+                sched = optax.warmup_cosine_decay_schedule(
+                    0.0, lr, cfg.warmup_steps, max(cfg.max_steps, cfg.warmup_steps + 1), lr * 0.05
+                )
+            return sched if not step_offset else (lambda count: sched(count + step_offset))
         raise ConfigError(f"unknown trainer.schedule {cfg.schedule!r}: use 'cosine' or 'constant'")
 
     if cfg.optimizer not in OPTIMIZERS:
@@ -203,11 +207,12 @@ class TrainState:
 class Trainer:
     """Owns the optimiser (built once, so the jitted step compiles once per fit)."""
 
-    def __init__(self, model: VelocityModel, integrator: Integrator, loss_cfg: LossConfig, cfg: TrainerConfig):
+    def __init__(self, model: VelocityModel, integrator: Integrator, loss_cfg: LossConfig, cfg: TrainerConfig,
+                 step_offset: int = 0):
         self.integrator = integrator
         self.loss_cfg = loss_cfg
         self.cfg = cfg
-        self.optimizer = make_optimizer(model, cfg)
+        self.optimizer = make_optimizer(model, cfg, step_offset)
         self.compiled = False
         self.compile_seconds = 0.0  # wall time of the first step (compilation and one step)
         self.run_seconds = 0.0  # wall time of every run() of this trainer, compilation included

@@ -166,7 +166,13 @@ class Evaluator(eqx.Module):
                 return solve_constant(kin.u0, kin.s0, alpha, kin.beta, kin.gamma, t_ind)
             # One closed-form pass per entry: from the start before the switch, from the switch state after.
             dur = t_sw if t_on is None else t_sw - t_on
-            u_sw, s_sw = solve_constant(kin.u0, kin.s0, alpha, kin.beta, kin.gamma, dur)
+            u_sw, s_sw = solve_constant(kin.u0, kin.s0, kin.alpha, kin.beta, kin.gamma, dur)
+            if alpha_scale is not None:
+                # The state is affine in alpha: per gene, the switch state without transcription plus
+                # the scaled contribution of alpha (no closed-form pass per cell and gene).
+                u_0, s_0 = solve_constant(kin.u0, kin.s0, 0.0, kin.beta, kin.gamma, dur)
+                u_sw = u_0 + alpha_scale * (u_sw - u_0)
+                s_sw = s_0 + alpha_scale * (s_sw - s_0)
             on = t < t_sw
             return solve_constant(
                 jnp.where(on, kin.u0, u_sw),
