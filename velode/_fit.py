@@ -43,6 +43,7 @@ class ModelConfig:
     assign_grid: int = 200
     onset: bool = False  # dynamical kinetics: learn a per-gene onset of induction (rest at alpha0 before it)
     cell_rank: int = 0  # > 0: cell-specific transcription alpha_cg = alpha_g exp(z_c . w_g), z of this rank
+    restart_after_probe: bool = True  # fresh optimiser moments once the direction of time is chosen
     cell_bound: float = 2.0  # |z_c . w_g| is softly bounded by this (alpha varies at most e^bound-fold)
 
 
@@ -199,10 +200,11 @@ def fit_arrays(
         orientation = min(probe_losses, key=probe_losses.get)
         state = states[orientation]
     compile_seconds, run_seconds = 0.0, 0.0
-    richer = (model_cfg.onset and model_cfg.kinetics == "dynamical") or model_cfg.cell_rank > 0
-    if richer:
+    if model_cfg.restart_after_probe or model_cfg.onset or model_cfg.cell_rank > 0:
         # The direction of time is chosen with the plain model (onsets or cell-specific transcription
-        # would let a reversed clock fit as well); then training goes on with the richer model.
+        # would let a reversed clock fit as well); then training goes on, with the richer model if
+        # asked, from fresh optimiser moments (the probe's moments belong to a clock still settling)
+        # and the learning-rate schedule where it was.
         model = state.model
         if model_cfg.onset and model_cfg.kinetics == "dynamical":
             t_now = np.asarray(model.encoder(features[: data.n_cells]))
