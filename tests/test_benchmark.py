@@ -20,7 +20,7 @@ def test_benchmark_small_simulation(tmp_path):
     bench = _load()
     assert bench._have_scvelo(), "scVelo is part of the test extra: pip install -e '.[test]'"
     results = bench.main(["--pancreas", "none", "--seeds", "0", "1", "--sim-cells", "200", "--sim-genes", "20",
-                          "--max-steps", "600", "--out", str(tmp_path)])
+                          "--max-steps", "1500", "--out", str(tmp_path)])
     sim = results["simulation"]
     names = list(sim)
     assert any(n.startswith("scVelo") for n in names) and any(n.startswith("velode") for n in names)
