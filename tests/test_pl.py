@@ -183,3 +183,43 @@ def test_heatmap_sparse_layer_and_more_bins_than_cells(adata, tmp_path):
     fig = pl.heatmap_along_time(adata, ["gene0", 3], layer="counts", n_bins=1000, save=path)
     _check(fig, path, 2)
     assert fig.axes[0].get_images()[0].get_array().shape == (2, adata.n_obs)
+
+
+def test_loss_curve_smoothed_and_duplicate_term_left_out(tmp_path):
+    rng = np.random.default_rng(1)
+    total = list(np.exp(-np.arange(300) / 50) + 0.1 + 0.02 * rng.random(300))
+    path = tmp_path / "loss_smooth.png"
+    fig = pl.loss_curve({"total": total, "reconstruction": list(total)}, smooth=20, title="t", save=path)
+    _check(fig, path, 1)
+    ax = fig.axes[0]
+    labelled = [line.get_label() for line in ax.get_lines() if not line.get_label().startswith("_")]
+    assert labelled == ["total"]  # the reconstruction equals the total at every step
+    smoothed = ax.get_lines()[1].get_ydata()
+    assert smoothed[0] == total[0] and np.std(np.diff(smoothed)) < np.std(np.diff(total))
+    assert all("10^" not in t.get_text() for t in ax.get_yticklabels())
+
+
+def test_velocity_magnitude_by_group(adata, tmp_path):
+    path = tmp_path / "mag_by.png"
+    fig = pl.velocity_magnitude(adata, groupby="clusters", title="magnitude", save=path)
+    _check(fig, path, 3)
+    labels = [t.get_text().split(" (")[0] for t in fig.axes[-1].get_yticklabels()]
+    assert sorted(labels) == sorted(adata.obs["clusters"].cat.categories)
+    fig = pl.velocity_magnitude(adata, groupby="latent_time")
+    assert fig.axes[-1].get_xlabel() == "latent_time"
+    with pytest.raises(ValueError, match="no obs"):
+        pl.velocity_magnitude(adata, groupby="nope")
+
+
+def test_heatmap_band_and_highlight(adata, tmp_path):
+    genes = [f"gene{k}" for k in range(adata.n_vars)]
+    path = tmp_path / "heat_band.png"
+    fig = pl.heatmap_along_time(adata, genes, n_bins=30, color="clusters", highlight=["gene2"], title="h", save=path)
+    _check(fig, path, 4)  # heatmap, colorbar, band, empty corner
+    weights = {t.get_text(): t.get_fontweight() for t in fig.axes[0].get_yticklabels()}
+    assert weights["gene2"] == "bold" and weights["gene0"] == "normal"
+    band = fig.axes[2].get_images()[0].get_array()
+    assert band.shape[:2] == (1, 30)
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == list(adata.obs["clusters"].cat.categories)
+    fig = pl.heatmap_along_time(adata, genes, n_bins=30, color="latent_time")
+    assert fig.axes[2].get_ylabel() == "latent_time"

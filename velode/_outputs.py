@@ -54,5 +54,6 @@ def write_h5ad(path, adata) -> None:
     _atomic(Path(path), lambda tmp: adata.write_h5ad(tmp))
 
 
-def save_figure(path, fig) -> None:
-    _atomic(Path(path), lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+def save_figure(path, fig, *, dpi: int = 120) -> None:
+    """Write ``fig`` as a PNG, cropped to what is drawn (so a legend outside the axes is kept)."""
+    _atomic(Path(path), lambda tmp: fig.savefig(tmp, dpi=dpi, format="png", bbox_inches="tight"))

@@ -10,6 +10,7 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 
+import matplotlib
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
@@ -23,6 +24,7 @@ from scipy.ndimage import gaussian_filter1d
 from ._errors import InputError
 
 _DPI = 120
+_MPL = tuple(int(x) for x in matplotlib.__version__.split(".")[:2])
 _CONTINUOUS_CMAP = "viridis"
 
 
@@ -117,7 +119,8 @@ class _Colouring:
             if stored is not None and len(stored) >= len(self.categories):
                 colours = [to_rgba(c) for c in list(stored)[: len(self.categories)]]
             else:
-                cmap = colormaps["tab20"]
+                # tab10's hues are the easiest to tell apart; tab20 (paired shades) only when more are needed
+                cmap = colormaps["tab10" if len(self.categories) <= 10 else "tab20"]
                 colours = [cmap(i % cmap.N) for i in range(len(self.categories))]
             self.palette = dict(zip(self.categories, colours))
             self.codes = np.asarray(cat.codes)
@@ -172,11 +175,43 @@ def _add_key(fig: Figure, axes, colouring: _Colouring) -> None:
 # loss
 
 
+def _moving_average(values: np.ndarray, window: int) -> np.ndarray:
+    """Centred mean over ``window`` values; NaNs are skipped.
+
+    Near the first step the window narrows symmetrically (so a steep early descent is not dragged
+    to the right); near the last it keeps its trailing half (so the last point is not one noisy value).
+    """
+    ok = np.isfinite(values)
+    c = np.concatenate([[0.0], np.cumsum(np.where(ok, values, 0.0))])
+    n = np.concatenate([[0], np.cumsum(ok)])
+    i = np.arange(values.size)
+    half = np.minimum(window // 2, i)
+    lo, hi = i - half, np.minimum(i + half + 1, values.size)
+    count = n[hi] - n[lo]
+    return np.divide(c[hi] - c[lo], count, out=np.full(values.size, np.nan), where=count > 0)
+
+
+def _plain_log_labels(axis) -> None:
+    """Log-axis tick labels as plain numbers (0.8, 2, 10) instead of 8x10^-1."""
+    from matplotlib.ticker import FuncFormatter, LogLocator
+
+    fmt = FuncFormatter(lambda v, _: f"{v:g}")
+    axis.set_major_formatter(fmt)
+    lo, hi = axis.get_view_interval()
+    if lo > 0 and hi / lo < 30:  # under ~1.5 decades the major ticks alone are too few
+        axis.set_minor_locator(LogLocator(subs=(2, 5)))
+        axis.set_minor_formatter(fmt)
+    else:
+        axis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+
+
 def loss_curve(
     history: Mapping[str, Sequence[float]] | Sequence[float],
     *,
     save: str | os.PathLike | None = None,
     log: bool = True,
+    smooth: int | None = None,
+    title: str | None = None,
 ) -> Figure:
     """Training loss against optimisation step.
 
@@ -185,37 +220,65 @@ def loss_curve(
     history
         Either a list of total losses, or a dict of equal-length lists, one per loss term
         (e.g. ``"total"``, ``"reconstruction"``, ``"consistency"``). ``"total"`` is drawn thicker.
+        A term equal to ``"total"`` at every step (the reconstruction when it is the only term)
+        is left out, since its line would hide under the total.
     save
         Path of a PNG to write (dpi 120).
     log
         Use a log y-axis when every finite value is positive.
+    smooth
+        When given, each series is drawn faintly as recorded (e.g. minibatch losses) with its
+        centred mean over ``smooth`` steps on top; only the means are labelled.
+    title
+        Axes title.
     """
     if isinstance(history, Mapping):
         series = {str(k): np.asarray(v, dtype=np.float64).ravel() for k, v in history.items()}
     else:
         series = {"total": np.asarray(history, dtype=np.float64).ravel()}
+    if "total" in series:
+        total = series["total"]
+        series = {
+            k: v
+            for k, v in series.items()
+            if k == "total" or v.shape != total.shape or not np.allclose(v, total, equal_nan=True)
+        }
     fig = Figure(figsize=(5.5, 3.5))
     ax = fig.add_subplot()
     all_values = []
-    for name, values in series.items():
+    for k, (name, values) in enumerate(series.items()):
         steps = np.arange(values.size)
         is_total = name == "total"
+        colour = "black" if is_total else f"C{k}"
+        if smooth is not None and smooth > 1:
+            ax.plot(steps, values, lw=0.6, color=colour, alpha=0.25, zorder=1, label="_nolegend_")
+            values = _moving_average(values, int(smooth))
         ax.plot(
             steps,
             values,
             label=name,
             lw=1.8 if is_total else 1.0,
-            color="black" if is_total else None,
+            color=colour,
             zorder=3 if is_total else 2,
         )
         all_values.append(values[np.isfinite(values)])
     finite = np.concatenate(all_values) if all_values else np.array([])
     if log and finite.size and (finite > 0).all():
         ax.set_yscale("log")
-    ax.set_xlabel("step")
+        _plain_log_labels(ax.yaxis)
+    ax.set_xlabel("training step")
     ax.set_ylabel("loss")
-    if len(series) > 1:
-        ax.legend(frameon=False, fontsize=8)
+    if len(series) > 1 or (smooth is not None and smooth > 1):
+        handles, labels = ax.get_legend_handles_labels()
+        if smooth is not None and smooth > 1:
+            from matplotlib.lines import Line2D
+
+            labels = [f"{name} (centred mean over {smooth} steps)" for name in labels]
+            handles = handles + [Line2D([], [], lw=0.6, color="black", alpha=0.4)]
+            labels = labels + ["per step"]
+        ax.legend(handles, labels, frameon=False, fontsize=8)
+    if title is not None:
+        ax.set_title(title, fontsize=10)
     _clean(ax)
     return _finish(fig, save)
 
@@ -257,6 +320,7 @@ def phase_portraits(
     vukey: str = "velocity_u",
     n_arrows: int = 150,
     ncols: int = 4,
+    title: str | None = None,
     save: str | os.PathLike | None = None,
 ) -> Figure:
     """Unspliced (y) against spliced (x) for each gene, with the fitted trajectory and velocities.
@@ -280,6 +344,8 @@ def phase_portraits(
         when ``arrows`` is true and both layers exist.
     ncols
         Panels per row.
+    title
+        Title over all panels.
     save
         Path of a PNG to write (dpi 120).
     """
@@ -308,7 +374,8 @@ def phase_portraits(
     n = len(idx)
     ncols = max(1, min(ncols, n))
     nrows = math.ceil(n / ncols)
-    fig = Figure(figsize=(3.2 * ncols + 1.0, 3.0 * nrows))
+    width, height = 3.2 * ncols + 1.0, 3.0 * nrows + (0.3 if title else 0.0)
+    fig = Figure(figsize=(width, height))
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     for ax in axes[n:]:
         fig.delaxes(ax)
@@ -351,7 +418,11 @@ def phase_portraits(
         ax.set_ylabel("unspliced", fontsize=8)
         ax.tick_params(labelsize=7)
         _clean(ax)
-    fig.tight_layout()
+    # Room on the right for a categorical legend (a colorbar takes its room from the panels).
+    right = 1.0 - 1.0 / width if colouring.categorical else 1.0
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout(rect=(0.0, 0.0, right, 1.0))
     _add_key(fig, axes, colouring)
     if save is not None:
         fig.savefig(save, dpi=_DPI, bbox_inches="tight")
@@ -425,6 +496,7 @@ def velocity_stream(
     color: str | None = "clusters",
     vkey: str = "velocity",
     density: float = 1.5,
+    title: str | None = None,
     save: str | os.PathLike | None = None,
 ) -> Figure:
     """Embedding coloured by ``obs[color]`` with streamlines of the embedded velocity field.
@@ -445,6 +517,8 @@ def velocity_stream(
         Velocity key.
     density
         Streamline density passed to ``Axes.streamplot``.
+    title
+        Axes title (default: the colour key).
     save
         Path of a PNG to write (dpi 120).
     """
@@ -478,8 +552,8 @@ def velocity_stream(
     ax.set_xlim(xs[0], xs[-1])
     ax.set_ylim(ys[0], ys[-1])
     _frameless(ax, basis)
-    if color is not None:
-        ax.set_title(color, fontsize=10)
+    if title is not None or color is not None:
+        ax.set_title(title if title is not None else color, fontsize=10)
     if colouring.values is not None:
         _add_key(fig, ax, colouring)
     return _finish(fig, save)
@@ -491,32 +565,83 @@ def velocity_magnitude(
     basis: str = "umap",
     vkey: str = "velocity",
     genes_key: str | None = "velocity_genes",
+    groupby: str | None = None,
+    title: str | None = None,
     save: str | os.PathLike | None = None,
 ) -> Figure:
     """Embedding coloured by the norm of each cell's velocity over the velocity genes.
 
     The norm uses the genes flagged in ``var[genes_key]`` (all genes when absent) and ignores NaN.
+    With ``groupby`` (an ``obs`` column) a second panel shows the norm per group: box plots
+    (median, quartiles, 5-95% whiskers) for a categorical column, the cells against the column's
+    values with their running median for a continuous one.
     """
     E = _embedding(adata, basis)
     if vkey not in adata.layers:
         raise InputError(f"no layers[{vkey!r}]: fit the model and write its velocities first")
+    if groupby is not None and groupby not in adata.obs:
+        raise InputError(f"no obs[{groupby!r}] to group the cells by")
     V = _dense(adata.layers[vkey])
     if genes_key is not None and genes_key in adata.var:
         V = V[:, np.asarray(adata.var[genes_key], dtype=bool)]
     norm = np.sqrt(np.nansum(V**2, axis=1))
+    label = f"|{vkey}| ({V.shape[1]} genes)"
 
-    fig = Figure(figsize=(6.0, 5.0))
-    ax = fig.add_subplot()
+    fig = Figure(figsize=(6.0, 5.0) if groupby is None else (11.0, 4.8))
+    ax = fig.add_subplot(1, 1, 1) if groupby is None else fig.add_subplot(1, 2, 1)
     order = np.argsort(norm)
     sc = ax.scatter(
         E[order, 0], E[order, 1], c=norm[order], cmap="magma_r", s=_marker_size(adata.n_obs), lw=0, rasterized=True
     )
     cb = fig.colorbar(sc, ax=ax, shrink=0.8, pad=0.02)
-    cb.set_label(f"|{vkey}|", fontsize=9)
+    cb.set_label(label, fontsize=9)
     cb.outline.set_visible(False)
     _frameless(ax, basis)
-    ax.set_title("velocity magnitude", fontsize=10)
+    ax.set_title("velocity magnitude" if groupby is None else f"velocity magnitude on {basis.upper()}", fontsize=10)
+    if groupby is not None:
+        _magnitude_by(fig.add_subplot(1, 2, 2), adata, norm, groupby, label)
+    if title is not None:
+        fig.suptitle(title, fontsize=11)
     return _finish(fig, save)
+
+
+def _magnitude_by(ax, adata: AnnData, norm: np.ndarray, groupby: str, label: str) -> None:
+    colouring = _Colouring(adata, groupby)
+    if colouring.categorical:
+        present = [k for k in range(len(colouring.categories)) if (colouring.codes == k).any()]
+        data = [norm[colouring.codes == k] for k in present]
+        names = [colouring.categories[k] for k in present]
+        pos = np.arange(len(present))[::-1]  # first category on top
+        # matplotlib >= 3.10 says orientation=, older versions vert=
+        horizontal = {"orientation": "horizontal"} if _MPL >= (3, 10) else {"vert": False}
+        bp = ax.boxplot(
+            data, positions=pos, widths=0.6, whis=(5, 95), showfliers=False, patch_artist=True,
+            medianprops=dict(color="black", lw=1.2), **horizontal,
+        )
+        for box, name in zip(bp["boxes"], names):
+            box.set_facecolor(colouring.palette[name])
+            box.set_edgecolor("0.2")
+        ax.set_yticks(pos)
+        ax.set_yticklabels([f"{n} ({d.size})" for n, d in zip(names, data)], fontsize=8)
+        ax.set_ylabel(f"{groupby} (cells)", fontsize=9)
+    else:
+        x = colouring.values
+        ok = np.isfinite(x) & np.isfinite(norm)
+        ax.scatter(x[ok], norm[ok], s=_marker_size(adata.n_obs), c="0.55", lw=0, rasterized=True, label="cells")
+        if ok.sum() >= 10:
+            o = np.argsort(x[ok])
+            w = max(5, ok.sum() // 25)
+            med = pd.Series(norm[ok][o]).rolling(w, center=True, min_periods=1).median().to_numpy()
+            ax.plot(x[ok][o], med, color="C3", lw=1.8, label=f"running median ({w} cells)")
+            ax.legend(frameon=False, fontsize=8)
+        ax.set_xlabel(groupby, fontsize=9)
+        ax.set_ylim(bottom=0)
+    ax.set_xlabel(label if colouring.categorical else groupby, fontsize=9)
+    if not colouring.categorical:
+        ax.set_ylabel(label, fontsize=9)
+    ax.set_title(f"velocity magnitude by {groupby}", fontsize=10)
+    ax.tick_params(labelsize=8)
+    _clean(ax)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -530,6 +655,9 @@ def heatmap_along_time(
     time_key: str = "latent_time",
     layer: str | None = "Ms",
     n_bins: int = 100,
+    color: str | None = None,
+    highlight: Sequence[str] = (),
+    title: str | None = None,
     save: str | os.PathLike | None = None,
 ) -> Figure:
     """Expression of ``genes`` along ``obs[time_key]``: genes x time bins, sorted by peak time.
@@ -537,6 +665,10 @@ def heatmap_along_time(
     Cells are ordered by time and grouped into ``n_bins`` bins of equal size; each gene's binned
     mean is smoothed (Gaussian, sigma = 2% of the bins) and min-max scaled to [0, 1]. Genes are
     sorted by the bin of their maximum. ``layer=None`` or ``"X"`` reads ``adata.X``.
+
+    ``color`` (an ``obs`` column) adds a band over the heatmap with the same bins: the most
+    frequent category of each bin (with a legend) or the bin mean of a continuous column.
+    Gene names in ``highlight`` are written in bold.
     """
     if time_key not in adata.obs:
         raise InputError(f"no obs[{time_key!r}]: fit the model (latent time) first or pass time_key")
@@ -546,6 +678,8 @@ def heatmap_along_time(
         M = adata.layers[layer]
     else:
         raise InputError(f"no layers[{layer!r}]")
+    if color is not None and color not in adata.obs:
+        raise InputError(f"no obs[{color!r}] to draw over the heatmap")
     if isinstance(genes, (str, int, np.integer)):
         genes = [genes]
     idx = [_gene_index(adata, g) for g in genes]
@@ -573,9 +707,21 @@ def heatmap_along_time(
     scaled = scaled[order]
     names = [str(adata.var_names[idx[k]]) for k in order]
 
-    t_sorted = t[cells]
-    fig = Figure(figsize=(6.0, max(2.5, 0.9 + 0.18 * len(idx))))
-    ax = fig.add_subplot()
+    colouring = _Colouring(adata, color) if color is not None else None
+    band = 0.0 if colouring is None else (0.3 if colouring.categorical else 0.8)
+    heat = max(1.6, 0.18 * len(idx))
+    legend_rows = 0 if colouring is None or not colouring.categorical else math.ceil(len(colouring.categories) / 4)
+    fig = Figure(figsize=(6.5, heat + band + 0.9 + 0.25 * legend_rows + (0.3 if title else 0.0)), layout="constrained")
+    if colouring is None:
+        gs = fig.add_gridspec(1, 2, width_ratios=(1.0, 0.03))
+        ax = fig.add_subplot(gs[0, 0])
+        cax = fig.add_subplot(gs[0, 1])
+    else:
+        gs = fig.add_gridspec(2, 2, width_ratios=(1.0, 0.03), height_ratios=(band, heat))
+        ax = fig.add_subplot(gs[1, 0])
+        cax = fig.add_subplot(gs[1, 1])
+        bax = fig.add_subplot(gs[0, 0], sharex=ax)
+        fig.add_subplot(gs[0, 1]).set_axis_off()
     im = ax.imshow(
         scaled,
         aspect="auto",
@@ -586,20 +732,69 @@ def heatmap_along_time(
         extent=(0, n_bins, len(idx) - 0.5, -0.5),
     )
     # Bins hold equal numbers of cells, so the axis is the cells' rank; ticks show the time there.
+    t_sorted = t[cells]
     ticks = np.linspace(0, n_bins, 5)
     at = np.minimum((ticks / n_bins * cells.size).astype(int), cells.size - 1)
     ax.set_xticks(ticks)
-    ax.set_xticklabels([f"{v:.2g}" for v in t_sorted[at]], fontsize=8)
+    ax.set_xticklabels([f"{v:.2f}" for v in t_sorted[at]], fontsize=8)
     if len(idx) <= 60:
         ax.set_yticks(np.arange(len(idx)))
         ax.set_yticklabels(names, fontsize=7 if len(idx) > 20 else 8)
+        bold = set(map(str, highlight))
+        for label in ax.get_yticklabels():
+            if label.get_text() in bold:
+                label.set_fontweight("bold")
     else:
         ax.set_yticks([])
         ax.set_ylabel(f"{len(idx)} genes")
-    ax.set_xlabel(f"{time_key} (cells ordered, equal-size bins)", fontsize=9)
+    ax.set_xlabel(f"{time_key} (cells in order, {n_bins} bins of equal size)", fontsize=9)
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
-    cb = fig.colorbar(im, ax=ax, shrink=0.8, pad=0.02)
+    cb = fig.colorbar(im, cax=cax)
     cb.set_label("scaled expression", fontsize=8)
+    cb.ax.tick_params(labelsize=7)
     cb.outline.set_visible(False)
-    return _finish(fig, save)
+    if colouring is not None:
+        _time_band(fig, bax, colouring, cells, bins, n_bins)
+    if title is not None:
+        fig.suptitle(title, fontsize=11)
+    if save is not None:
+        fig.savefig(save, dpi=_DPI, bbox_inches="tight")
+    return fig
+
+
+def _time_band(fig: Figure, ax, colouring: _Colouring, cells: np.ndarray, bins: np.ndarray, n_bins: int) -> None:
+    """The band over the heatmap: per time bin, the most frequent category or the mean value."""
+    ax.tick_params(labelbottom=False, bottom=False, labelsize=7)
+    for side in ("top", "right", "bottom"):
+        ax.spines[side].set_visible(False)
+    if colouring.categorical:
+        codes = colouring.codes[cells]
+        n_cat = len(colouring.categories)
+        table = np.zeros((n_bins, n_cat + 1))
+        np.add.at(table, (bins, np.where(codes >= 0, codes, n_cat)), 1)
+        top = np.argmax(table[:, :n_cat], axis=1)
+        colours = np.array([colouring.palette[c] for c in colouring.categories])[top]
+        ax.imshow(colours[None], aspect="auto", interpolation="nearest", extent=(0, n_bins, 1, 0))
+        ax.set_yticks([0.5])
+        ax.set_yticklabels([colouring.key], fontsize=8)
+        ax.tick_params(left=False)
+        ax.spines["left"].set_visible(False)
+        fig.legend(
+            handles=colouring.legend_handles(),
+            loc="outside lower center",
+            ncol=min(4, n_cat),
+            frameon=False,
+            fontsize=8,
+            title=f"{colouring.key} (most frequent in each bin)",
+            title_fontsize=8,
+        )
+    else:
+        v = colouring.values[cells]
+        ok = np.isfinite(v)
+        counts = np.bincount(bins[ok], minlength=n_bins)
+        mean = np.bincount(bins[ok], weights=v[ok], minlength=n_bins)
+        mean = np.divide(mean, counts, out=np.full(n_bins, np.nan), where=counts > 0)
+        ax.plot(np.arange(n_bins) + 0.5, mean, color="0.2", lw=1.2)
+        ax.set_ylabel(colouring.key, fontsize=8)
+        ax.locator_params(axis="y", nbins=3)
