@@ -60,3 +60,8 @@ def test_quick_benchmark(tmp_path):
     text = (tmp_path / "solver_benchmark.md").read_text()
     assert "| tsit5 | rtol=1e-06 | recursive_checkpoint |" in text and "| heun | n_steps=25 |" in text
     assert (tmp_path / "error_vs_cost.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert set(df["genes"]) == {12} and set(df["cells"]) == {200}
+
+    # The plot can be redrawn from the saved table alone.
+    again = bench.main(["--replot", str(tmp_path / "solver_benchmark.csv"), "--out", str(tmp_path / "replot")])
+    assert len(again) == len(df) and (tmp_path / "replot" / "error_vs_cost.png").stat().st_size > 0
