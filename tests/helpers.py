@@ -61,3 +61,15 @@ def random_kinetics(kind, n_genes, seed, dtype=None, *, beta=(0.5, 10.0), gamma=
     if kind == "dynamical":
         return DynamicalKinetics(n_genes, **kw, switch=arr(rng.uniform(*switch, n_genes)))
     raise ValueError(kind)
+
+
+def load_script(relpath: str):
+    """Import a script of the repository (e.g. "scripts/aggregate.py") as a module."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / relpath
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

@@ -1,19 +1,13 @@
 """The side-by-side benchmark runs end to end on a small simulation and reports both methods."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
-
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import load_script
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("benchmark", ROOT / "scripts" / "benchmark.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("scripts/benchmark.py")
 
 
 def test_benchmark_small_simulation(tmp_path):

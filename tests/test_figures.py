@@ -1,6 +1,5 @@
 """experiments/figures.py draws every figure: on a short synthetic fit, from a run folder, on pancreas."""
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -9,16 +8,14 @@ from PIL import Image
 
 import velode
 from velode import _outputs
+from helpers import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 PANCREAS = ROOT.parent / "shared" / "data" / "pancreas.h5ad"
 
 
 def _figures():
-    spec = importlib.util.spec_from_file_location("figures", ROOT / "experiments" / "figures.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("experiments/figures.py")
 
 
 def _check_pngs(written: dict, names) -> None:

@@ -1,18 +1,12 @@
 """The solver benchmark's quick case runs end to end, in process, and its table holds what it claims."""
 
-import importlib.util
-from pathlib import Path
 
 import numpy as np
-
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import load_script
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("solver_benchmark", ROOT / "scripts" / "solver_benchmark.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("scripts/solver_benchmark.py")
 
 
 def test_pareto_front_keeps_exactly_the_non_dominated_points():

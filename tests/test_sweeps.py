@@ -1,15 +1,13 @@
 """A small multirun through the joblib launcher, with one job that fails, and its aggregation."""
 
-import importlib.util
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers import load_script
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = [
     "data.n_cells=80", "data.n_genes=8", "trainer.max_steps=25", "model.pretrain_steps=20", "model.probe_steps=5",
     "model.assign_rounds=1", "plots=false",
@@ -17,10 +15,7 @@ TINY = [
 
 
 def _aggregate():
-    spec = importlib.util.spec_from_file_location("aggregate", ROOT / "scripts" / "aggregate.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("scripts/aggregate.py")
 
 
 @pytest.fixture(scope="module")
