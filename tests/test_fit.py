@@ -41,10 +41,11 @@ def test_projected_spliced_is_the_state_one_horizon_later():
 
     a = small()
     velode.tl.fit(a, kinetics="standard", loss={"horizon": 0.1}, trainer={**QUIET, "max_steps": 40},
-                  model={"probe_steps": 5, "assign_rounds": 0})
+                  model={"probe_steps": 5, "assign_rounds": 0, "cell_phase": 0.25})
     v = a.var
+    assert "velode_cell_z" in a.obsm  # each cell its own alpha
     u0 = a.layers["fit_u"] / v["fit_scaling"].to_numpy()
-    _, s1 = solve_constant(u0, a.layers["fit_s"], v["fit_alpha"].to_numpy(), v["fit_beta"].to_numpy(),
+    _, s1 = solve_constant(u0, a.layers["fit_s"], velode.tl.cell_alpha(a), v["fit_beta"].to_numpy(),
                            v["fit_gamma"].to_numpy(), 0.1)
     assert a.uns["velode"]["horizon"] == 0.1
     assert not np.allclose(a.layers["projected_spliced"], a.layers["fit_s"], rtol=1e-3)
@@ -53,7 +54,10 @@ def test_projected_spliced_is_the_state_one_horizon_later():
 
 def test_fitted_curves_pass_through_the_cells_states():
     a = small()
-    velode.tl.fit(a, trainer={**QUIET, "max_steps": 40}, model={"probe_steps": 5, "assign_rounds": 0})
+    # the genes' own trajectories: exact for a fit without cell-specific transcription
+    velode.tl.fit(a, trainer={**QUIET, "max_steps": 40}, model={"probe_steps": 5, "assign_rounds": 0, "cell_rank": 0})
+    assert "velode_cell_z" not in a.obsm
+    np.testing.assert_array_equal(velode.tl.cell_alpha(a), np.broadcast_to(a.var["fit_alpha"].to_numpy(), a.shape))
     t, u, s = velode.tl.fitted_curves(a, n_points=4001)
     idx = np.rint(a.obs["latent_time"].to_numpy() * 4000).astype(int)
     scale = np.abs(a.layers["fit_s"]).max()
@@ -128,3 +132,30 @@ def test_pancreas_ductal_first_endocrine_last():
     assert med[endocrine].min() >= med.drop(endocrine).max()
     assert a.var["velocity_genes"].sum() > 100
     assert np.isfinite(a.layers["velocity"]).all()
+
+
+def test_cell_specific_phase_keeps_the_clock():
+    """model.cell_phase: cell-specific transcription is learned after the clock, which it leaves untouched."""
+    a, b = small(), small()
+    common = {"probe_steps": 5, "assign_rounds": 1}
+    velode.tl.fit(a, trainer={**QUIET, "max_steps": 40}, model={**common, "cell_rank": 0})
+    # the same clock budget (40 steps), then 10 more steps (a fifth of 50) for the cell-specific phase
+    r = velode.tl.fit(b, trainer={**QUIET, "max_steps": 50, "patience": 0},
+                      model={**common, "cell_rank": 2, "cell_phase": 0.2})
+    assert r.model.modulator is not None
+    assert r.state.step == 50
+    np.testing.assert_array_equal(a.obs["latent_time"].to_numpy(), b.obs["latent_time"].to_numpy())
+    # the modulation was trained: some cells transcribe some genes differently from others
+    mult = np.asarray(r.model.modulator.scale(r.model.modulator.embed(r.data.features[: r.data.n_cells])))
+    assert np.ptp(mult, axis=0).max() > 1e-3
+    assert b.uns["velode"]["final_loss"] <= a.uns["velode"]["final_loss"] + 1e-6
+
+
+def test_cell_specific_phase_is_skipped_with_a_numerical_solver():
+    import diffrax
+
+    a = small(n_cells=60, n_genes=5)
+    with pytest.warns(UserWarning, match="needs the closed form"):
+        r = velode.tl.fit(a, solver=diffrax.Tsit5(), trainer={**QUIET, "max_steps": 10},
+                          model={"probe_steps": 2, "assign_rounds": 0, "cell_rank": 2})
+    assert r.model.modulator is None and r.state.step <= 10

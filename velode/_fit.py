@@ -10,6 +10,7 @@
 
 import dataclasses
 import time
+import warnings
 
 import equinox as eqx
 import jax
@@ -42,9 +43,12 @@ class ModelConfig:
     assign_rounds: int = 3
     assign_grid: int = 200
     onset: bool = False  # dynamical kinetics: learn a per-gene onset of induction (rest at alpha0 before it)
-    cell_rank: int = 0  # > 0: cell-specific transcription alpha_cg = alpha_g exp(z_c . w_g), z of this rank
+    cell_rank: int = 4  # > 0: cell-specific transcription alpha_cg = alpha_g exp(z_c . w_g), z of this rank
     restart_after_probe: bool = True  # fresh optimiser moments once the direction of time is chosen
-    cell_bound: float = 2.0  # |z_c . w_g| is softly bounded by this (alpha varies at most e^bound-fold)
+    cell_bound: float = 0.5  # |z_c . w_g| is softly bounded by this (alpha varies at most e^bound-fold)
+    # > 0: the cell-specific transcription is learned after the clock, in this fraction of trainer.max_steps,
+    # with the clock frozen; 0: learned with the clock from the start (it then bends the clock)
+    cell_phase: float = 0.15
 
 
 @dataclasses.dataclass
@@ -154,8 +158,21 @@ def fit_arrays(
     """Fit on dense numpy arrays (cells x genes); ``root_mask`` (cells,) marks cells that come first."""
     if model_cfg.kinetics not in KINETICS:
         raise ConfigError(f"unknown model kinetics {model_cfg.kinetics!r}: choose one of {sorted(KINETICS)}")
-    if model_cfg.cell_rank > 0 and not integrator.analytic:
+    if not 0.0 <= model_cfg.cell_phase < 1.0:
+        raise ConfigError(f"model.cell_phase={model_cfg.cell_phase} must be in [0, 1): a fraction of trainer.max_steps")
+    cell_steps = 0
+    if model_cfg.cell_rank > 0 and model_cfg.cell_phase > 0:
+        if integrator.analytic:
+            cell_steps = int(round(model_cfg.cell_phase * trainer_cfg.max_steps))
+        else:
+            warnings.warn(
+                "cell-specific transcription (model.cell_rank > 0) needs the closed form: skipped with a numerical "
+                "solver (set model.cell_rank=0 to fit without it everywhere)",
+                UserWarning, stacklevel=2,
+            )
+    elif model_cfg.cell_rank > 0 and not integrator.analytic:
         raise ConfigError("model.cell_rank > 0 (cell-specific transcription) needs solver=analytic")
+    clock_cfg = dataclasses.replace(trainer_cfg, max_steps=trainer_cfg.max_steps - cell_steps)
     t_setup = time.perf_counter()
     obs_s = np.asarray(obs_s, np.float32)
     obs_u = np.asarray(obs_u, np.float32)
@@ -177,7 +194,7 @@ def fit_arrays(
             fmap, _reverse(encoder), _init_kinetics(model_cfg.kinetics, 1.0 - t_pc, obs_s, obs_u, model_cfg)
         ),
     }
-    trainer = Trainer(candidates["forward"], integrator, loss_cfg, trainer_cfg)
+    trainer = Trainer(candidates["forward"], integrator, loss_cfg, clock_cfg)
     setup_seconds = time.perf_counter() - t_setup
     t_fit = time.perf_counter()
     probe_losses = {}
@@ -200,7 +217,7 @@ def fit_arrays(
         orientation = min(probe_losses, key=probe_losses.get)
         state = states[orientation]
     compile_seconds, run_seconds = 0.0, 0.0
-    if model_cfg.restart_after_probe or model_cfg.onset or model_cfg.cell_rank > 0:
+    if model_cfg.restart_after_probe or model_cfg.onset or (model_cfg.cell_rank > 0 and not model_cfg.cell_phase):
         # The direction of time is chosen with the plain model (onsets or cell-specific transcription
         # would let a reversed clock fit as well); then training goes on, with the richer model if
         # asked, from fresh optimiser moments (the probe's moments belong to a clock still settling)
@@ -210,17 +227,17 @@ def fit_arrays(
             t_now = np.asarray(model.encoder(features[: data.n_cells]))
             kin = model.kinetics.with_onset(_onset_init(t_now, obs_u, np.asarray(model.kinetics.switch_time())))
             model = eqx.tree_at(lambda m: m.kinetics, model, kin)
-        if model_cfg.cell_rank > 0:
+        if model_cfg.cell_rank > 0 and not model_cfg.cell_phase:
             mod = CellModulator(fmap.n_features, obs_s.shape[1], model_cfg.cell_rank, bound=model_cfg.cell_bound,
                                 key=jax.random.fold_in(k_enc, 1))
             model = VelocityModel(model.features, model.encoder, model.kinetics, mod)
         compile_seconds, run_seconds = trainer.compile_seconds, trainer.run_seconds
-        trainer = Trainer(model, integrator, loss_cfg, trainer_cfg, step_offset=state.step)  # schedule goes on
+        trainer = Trainer(model, integrator, loss_cfg, clock_cfg, step_offset=state.step)  # schedule goes on
         new_state = trainer.init(model, state.key)
         new_state.step, new_state.history = state.step, state.history
         state = new_state
     if model_cfg.assign_rounds > 0:
-        per_round = max(1, (trainer_cfg.max_steps - state.step) // (model_cfg.assign_rounds + 1))
+        per_round = max(1, (clock_cfg.max_steps - state.step) // (model_cfg.assign_rounds + 1))
         for r in range(model_cfg.assign_rounds):
             state = trainer.run(state, data, until=state.step + per_round, desc=f"round {r + 1}")
             t_best = assign_times(state.model.kinetics, data, integrator, model_cfg.assign_grid)
@@ -229,6 +246,21 @@ def fit_arrays(
             # New times, new loss level: plateau detection starts afresh.
             state.smoothed_loss, state.best_loss, state.since_best = float("inf"), float("inf"), 0
     state = trainer.run(state, data)
+    if cell_steps > 0:
+        # The clock is fitted; now each cell may transcribe a gene more or less than the gene's alpha
+        # (lineage-specific genes at one latent time), with the clock frozen so it cannot bend it.
+        model = state.model
+        mod = CellModulator(fmap.n_features, obs_s.shape[1], model_cfg.cell_rank, bound=model_cfg.cell_bound,
+                            key=jax.random.fold_in(k_enc, 1))
+        model = VelocityModel(model.features, model.encoder, model.kinetics, mod)
+        compile_seconds += trainer.compile_seconds
+        run_seconds += trainer.run_seconds
+        cell_cfg = dataclasses.replace(trainer_cfg, max_steps=state.step + cell_steps,
+                                       lr=trainer_cfg.lr * 0.2, schedule="constant")
+        trainer = Trainer(model, integrator, loss_cfg, cell_cfg, freeze_encoder=True)
+        new_state = trainer.init(model, state.key)
+        new_state.step, new_state.history = state.step, state.history
+        state = trainer.run(new_state, data, desc="cell-specific")
     fit_seconds = time.perf_counter() - t_fit + setup_seconds
     return FitResult(
         state.model, state, data, integrator, loss_cfg, orientation, probe_losses, fit_seconds, setup_seconds,

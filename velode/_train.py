@@ -126,8 +126,11 @@ def loss_terms(model, features, obs_u, obs_s, mask, inv_sd_u, inv_sd_s, gene_wei
 OPTIMIZERS = ("adam", "adamw", "adabelief", "amsgrad", "lion", "nadam", "radam", "rmsprop", "sgd", "yogi")
 
 
-def make_optimizer(model: VelocityModel, cfg: TrainerConfig, step_offset: int = 0):
-    """Optax optimiser with its learning-rate schedule; ``step_offset``: the schedule resumes at that step."""
+def make_optimizer(model: VelocityModel, cfg: TrainerConfig, step_offset: int = 0, *, freeze_encoder: bool = False):
+    """Optax optimiser with its learning-rate schedule; ``step_offset``: the schedule resumes at that step.
+
+    ``freeze_encoder``: the time encoder (the clock) is not updated.
+    """
 
     def schedule(lr):
         if cfg.schedule == "constant":
@@ -146,7 +149,8 @@ def make_optimizer(model: VelocityModel, cfg: TrainerConfig, step_offset: int = 
         raise ConfigError(f"unknown trainer.optimizer {cfg.optimizer!r}: choose one of {list(OPTIMIZERS)}")
     opt = getattr(optax, cfg.optimizer)
     labels = jax.tree_util.tree_map(lambda _: "kinetics", eqx.filter(model, eqx.is_inexact_array))
-    labels = eqx.tree_at(lambda m: m.encoder, labels, jax.tree_util.tree_map(lambda _: "encoder", labels.encoder))
+    enc_label = "frozen" if freeze_encoder else "encoder"
+    labels = eqx.tree_at(lambda m: m.encoder, labels, jax.tree_util.tree_map(lambda _: enc_label, labels.encoder))
     labels = eqx.tree_at(lambda m: m.features, labels, jax.tree_util.tree_map(lambda _: "frozen", labels.features))
     if model.modulator is not None:  # cell-specific transcription: learned at the encoder's pace
         labels = eqx.tree_at(lambda m: m.modulator, labels,
@@ -208,11 +212,11 @@ class Trainer:
     """Owns the optimiser (built once, so the jitted step compiles once per fit)."""
 
     def __init__(self, model: VelocityModel, integrator: Integrator, loss_cfg: LossConfig, cfg: TrainerConfig,
-                 step_offset: int = 0):
+                 step_offset: int = 0, *, freeze_encoder: bool = False):
         self.integrator = integrator
         self.loss_cfg = loss_cfg
         self.cfg = cfg
-        self.optimizer = make_optimizer(model, cfg, step_offset)
+        self.optimizer = make_optimizer(model, cfg, step_offset, freeze_encoder=freeze_encoder)
         self.compiled = False
         self.compile_seconds = 0.0  # wall time of the first step (compilation and one step)
         self.run_seconds = 0.0  # wall time of every run() of this trainer, compilation included

@@ -32,7 +32,12 @@ class CellModulator(eqx.Module):
         return jnp.tanh(features @ self.proj.T)
 
     def scale(self, z: Float[Array, "cells rank"]) -> Float[Array, "cells genes"]:
-        return jnp.exp(self.bound * jnp.tanh(z @ self.loadings / self.bound))
+        return modulation(z, self.loadings, self.bound)
+
+
+def modulation(z, loadings, bound: float):
+    """exp(bound * tanh(z . w / bound)): each cell's factor on each gene's alpha (cells x genes)."""
+    return jnp.exp(bound * jnp.tanh(z @ loadings / bound))
 
 
 class VelocityModel(eqx.Module):
@@ -93,4 +98,4 @@ def predict(
     )
 
 
-__all__ = ["VelocityModel", "CellModulator", "Prediction", "predict", "Integrator", "evaluate"]
+__all__ = ["VelocityModel", "CellModulator", "modulation", "Prediction", "predict", "Integrator", "evaluate"]

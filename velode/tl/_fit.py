@@ -166,6 +166,15 @@ def write_result(adata: AnnData, result: FitResult, obs_s, obs_u, *, r2_min: flo
     t_on = kin.onset_time()
     if t_on is not None:
         adata.var["fit_t_on"] = np_(t_on)
+    mod = result.model.modulator
+    for key in ("velode_cell_z",):
+        adata.obsm.pop(key, None)
+    adata.varm.pop("velode_cell_loadings", None)
+    if mod is not None:
+        # Cell-specific transcription: alpha of cell c, gene g = fit_alpha_g * exp(b tanh(z_c . w_g / b))
+        # (velode.tl.cell_alpha), b = uns["velode"]["cell_bound"].
+        adata.obsm["velode_cell_z"] = np_(mod.embed(result.data.features[: result.data.n_cells]))
+        adata.varm["velode_cell_loadings"] = np_(mod.loadings).T
     adata.var["fit_r2"] = r2.astype(np.float32)
     adata.var["velocity_genes"] = np.isfinite(r2) & (r2 > r2_min)
     st = result.state
@@ -186,10 +195,33 @@ def write_result(adata: AnnData, result: FitResult, obs_s, obs_u, *, r2_min: flo
         "history": {k: np.asarray(v, np.float32) for k, v in st.history.items()},
         "solver_stats": {k: int(v) for k, v in st.solver_stats.items()},
     }
+    if mod is not None:
+        adata.uns["velode"]["cell_bound"] = float(mod.bound)
+
+
+def cell_alpha(adata: AnnData) -> np.ndarray:
+    """Transcription rate of each cell and gene (cells x genes) of a fit.
+
+    ``var["fit_alpha"]`` for every cell, times the cell-specific factor when the fit learned one
+    (``model.cell_rank > 0``: ``obsm["velode_cell_z"]``, ``varm["velode_cell_loadings"]``).
+    """
+    if "fit_alpha" not in adata.var:
+        raise InputError("no var['fit_alpha'] in this AnnData: run velode.tl.fit(adata) first")
+    alpha = adata.var["fit_alpha"].to_numpy(np.float64)[None, :]
+    if "velode_cell_z" not in adata.obsm:
+        return np.broadcast_to(alpha, adata.shape).copy()
+    from ..model._model import modulation
+
+    z = np.asarray(adata.obsm["velode_cell_z"], np.float64)
+    w = np.asarray(adata.varm["velode_cell_loadings"], np.float64).T
+    return alpha * np.asarray(modulation(z, w, float(adata.uns["velode"]["cell_bound"])))
 
 
 def fitted_curves(adata: AnnData, n_points: int = 200):
     """Trajectories of the fitted kinetics over latent time [0, 1], from the ``var["fit_*"]`` columns.
+
+    These are the genes' own trajectories; with cell-specific transcription (``model.cell_rank > 0``)
+    each cell follows its gene's trajectory with its own alpha (:func:`cell_alpha`), near these curves.
 
     Returns (t (points,), u (genes x points, observed unspliced units), s (genes x points)).
     """
