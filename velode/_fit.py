@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from ._checkpoint import PHASES, Checkpointer, fingerprint, position
 from ._errors import ConfigError
 from ._train import LossConfig, Trainer, TrainerConfig, TrainData, TrainState, loss_terms, loss_value
 from .model._encoder import TimeEncoder, fit_feature_map
@@ -64,6 +65,7 @@ class FitResult:
     setup_seconds: float
     compile_seconds: float
     train_seconds: float = 0.0  # optimiser steps (probes included), compilation excluded
+    resumed_from: int | None = None  # the step of the checkpoint this fit went on from
 
 
 def _scaled_time(x):
@@ -154,8 +156,13 @@ def fit_arrays(
     seed: int = 0,
     root_mask=None,
     gene_weight=None,
+    checkpoint_dir=None,
 ) -> FitResult:
-    """Fit on dense numpy arrays (cells x genes); ``root_mask`` (cells,) marks cells that come first."""
+    """Fit on dense numpy arrays (cells x genes); ``root_mask`` (cells,) marks cells that come first.
+
+    ``checkpoint_dir``: write a checkpoint there every trainer.checkpoint_every steps and, with
+    trainer.resume, go on from the one found there (velode._checkpoint).
+    """
     if model_cfg.kinetics not in KINETICS:
         raise ConfigError(f"unknown model kinetics {model_cfg.kinetics!r}: choose one of {sorted(KINETICS)}")
     if not 0.0 <= model_cfg.cell_phase < 1.0:
@@ -185,6 +192,20 @@ def fit_arrays(
     inv = lambda sd: jnp.asarray(np.where(sd > 0, 1.0 / np.maximum(sd, 1e-12), 0.0), jnp.float32)  # noqa: E731
     gw = np.ones(obs_s.shape[1], np.float32) if gene_weight is None else np.asarray(gene_weight, np.float32)
     data = TrainData.build(features, obs_u, obs_s, inv(sd_u), inv(sd_s), gw, chunk=trainer_cfg.chunk_size)
+    ckpt, resume = _checkpointer(checkpoint_dir, model_cfg, integrator, loss_cfg, trainer_cfg, seed, obs_s, obs_u, gw,
+                                 root_mask)
+    at = position(resume)
+
+    def here(phase, r=0):  # the checkpoint being resumed was written in this phase
+        return resume is not None and at == (PHASES.index(phase), r)
+
+    def done(phase, r=0):  # ... or in a later one
+        return at > (PHASES.index(phase), r)
+
+    def saver(phase, r=0, **extra):
+        if ckpt is None or not ckpt.every:
+            return None
+        return lambda st: ckpt.save(st, {"phase": phase, "round": r, **where, **extra})
 
     encoder = TimeEncoder(fmap.n_features, width=model_cfg.encoder_width, depth=model_cfg.encoder_depth, key=k_enc)
     encoder = _pretrain_encoder(encoder, features, jnp.asarray(t_pc, jnp.float32), model_cfg.pretrain_steps)
@@ -205,6 +226,12 @@ def fit_arrays(
         orientation = "root"
         model = VelocityModel(fmap, enc_root, _init_kinetics(model_cfg.kinetics, t_root, obs_s, obs_u, model_cfg))
         state = trainer.init(model, k_train)
+    elif resume is not None:
+        # The probe finished before the checkpoint: its outcome is read, not recomputed. The state is
+        # a template of the right structure (restored below or in the phase the checkpoint belongs to).
+        orientation, probe_losses = resume["orientation"], resume["probe_losses"]
+        state = trainer.init(candidates[orientation], k_train)
+        state.step = resume["probe_step"]
     else:
         states = {}
         for name, model in candidates.items():
@@ -216,8 +243,16 @@ def fit_arrays(
             probe_losses[name] = lv if np.isfinite(lv) else float("inf")
         orientation = min(probe_losses, key=probe_losses.get)
         state = states[orientation]
+    where = {"orientation": orientation, "probe_losses": probe_losses, "probe_step": state.step}
+    if here("probe"):
+        state = ckpt.restore(state, resume)
+    elif resume is None and orientation != "root" and (save := saver("probe")) is not None:
+        save(state)  # the direction of time is settled: a resumed fit does not probe again
     compile_seconds, run_seconds = 0.0, 0.0
-    if model_cfg.restart_after_probe or model_cfg.onset or (model_cfg.cell_rank > 0 and not model_cfg.cell_phase):
+    # After a non-finite loss the fit stops (the phases below are skipped) with the last finite parameters.
+    if state.status != "diverged" and (
+        model_cfg.restart_after_probe or model_cfg.onset or (model_cfg.cell_rank > 0 and not model_cfg.cell_phase)
+    ):
         # The direction of time is chosen with the plain model (onsets or cell-specific transcription
         # would let a reversed clock fit as well); then training goes on, with the richer model if
         # asked, from fresh optimiser moments (the probe's moments belong to a clock still settling)
@@ -239,14 +274,25 @@ def fit_arrays(
     if model_cfg.assign_rounds > 0:
         per_round = max(1, (clock_cfg.max_steps - state.step) // (model_cfg.assign_rounds + 1))
         for r in range(model_cfg.assign_rounds):
-            state = trainer.run(state, data, until=state.step + per_round, desc=f"round {r + 1}")
+            if done("round", r):
+                continue
+            until = state.step + per_round
+            if here("round", r):
+                state, until = ckpt.restore(state, resume), resume["until"]
+            state = trainer.run(state, data, until=until, desc=f"round {r + 1}",
+                                checkpoint=saver("round", r, until=until))
+            if state.status == "diverged":
+                break
             t_best = assign_times(state.model.kinetics, data, integrator, model_cfg.assign_grid)
             enc = _pretrain_encoder(state.model.encoder, data.features[: data.n_cells], t_best, model_cfg.pretrain_steps)
             state.model = eqx.tree_at(lambda m: m.encoder, state.model, enc)
             # New times, new loss level: plateau detection starts afresh.
             state.smoothed_loss, state.best_loss, state.since_best = float("inf"), float("inf"), 0
-    state = trainer.run(state, data)
-    if cell_steps > 0:
+    if not done("main"):
+        if here("main"):
+            state = ckpt.restore(state, resume)
+        state = trainer.run(state, data, checkpoint=saver("main"))
+    if cell_steps > 0 and state.status != "diverged":
         # The clock is fitted; now each cell may transcribe a gene more or less than the gene's alpha
         # (lineage-specific genes at one latent time), with the clock frozen so it cannot bend it.
         model = state.model
@@ -255,18 +301,42 @@ def fit_arrays(
         model = VelocityModel(model.features, model.encoder, model.kinetics, mod)
         compile_seconds += trainer.compile_seconds
         run_seconds += trainer.run_seconds
-        cell_cfg = dataclasses.replace(trainer_cfg, max_steps=state.step + cell_steps,
+        start = resume["start"] if here("cell") else state.step
+        cell_cfg = dataclasses.replace(trainer_cfg, max_steps=start + cell_steps,
                                        lr=trainer_cfg.lr * 0.2, schedule="constant")
         trainer = Trainer(model, integrator, loss_cfg, cell_cfg, freeze_encoder=True)
         new_state = trainer.init(model, state.key)
         new_state.step, new_state.history = state.step, state.history
-        state = trainer.run(new_state, data, desc="cell-specific")
+        if here("cell"):
+            new_state = ckpt.restore(new_state, resume)
+        state = trainer.run(new_state, data, desc="cell-specific", checkpoint=saver("cell", start=start))
     fit_seconds = time.perf_counter() - t_fit + setup_seconds
     return FitResult(
         state.model, state, data, integrator, loss_cfg, orientation, probe_losses, fit_seconds, setup_seconds,
         compile_seconds + trainer.compile_seconds,
         run_seconds + trainer.run_seconds - compile_seconds - trainer.compile_seconds,
+        None if resume is None else int(resume["step"]),
     )
+
+
+def _checkpointer(checkpoint_dir, model_cfg, integrator, loss_cfg, trainer_cfg, seed, obs_s, obs_u, gw, root_mask):
+    """The fit's Checkpointer (None without a directory) and the header of the checkpoint to resume (or None)."""
+    if checkpoint_dir is None or not (trainer_cfg.checkpoint_every > 0 or trainer_cfg.resume):
+        return None, None
+    # What the result depends on; how often checkpoints are written or progress shown does not count.
+    trainer = {k: v for k, v in dataclasses.asdict(trainer_cfg).items()
+               if k not in ("progress", "log_every", "resume", "checkpoint_every")}
+    key = fingerprint(dataclasses.asdict(model_cfg), dataclasses.asdict(loss_cfg), trainer, seed,
+                      eqx.tree_pformat(integrator, short_arrays=False), obs_s, obs_u, gw,
+                      None if root_mask is None else np.asarray(root_mask, bool))
+    ckpt = Checkpointer(checkpoint_dir, max(trainer_cfg.checkpoint_every, 0), key)
+    if not trainer_cfg.resume:
+        return ckpt, None
+    resume = ckpt.header()
+    if resume is None:
+        warnings.warn(f"trainer.resume: no checkpoint in {checkpoint_dir}, so the fit starts from the beginning",
+                      UserWarning, stacklevel=3)
+    return ckpt, resume
 
 
 @eqx.filter_jit

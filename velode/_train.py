@@ -38,6 +38,8 @@ class TrainerConfig:
     progress: bool = True
     log_every: int = 10
     chunk_size: int = 128  # cells per chunk of the loss (cache-sized; see loss_terms)
+    checkpoint_every: int = 100  # steps between checkpoints (with a checkpoint directory; 0: none)
+    resume: bool = False  # go on from the checkpoint in the checkpoint directory, if there is one
 
 
 @dataclasses.dataclass
@@ -206,6 +208,9 @@ class TrainState:
     smoothed_loss: float = math.inf  # plateau detection (see Trainer.run)
     best_loss: float = math.inf
     since_best: int = 0
+    # The minibatch order within one run() call: set only while a run is checkpointed or resumed.
+    batch_perm: jax.Array | None = None
+    batch_pos: int = 0
 
 
 class Trainer:
@@ -221,6 +226,19 @@ class Trainer:
         self.compile_seconds = 0.0  # wall time of the first step (compilation and one step)
         self.run_seconds = 0.0  # wall time of every run() of this trainer, compilation included
 
+    def _stop_diverged(self, state: TrainState, prev) -> None:
+        """Stop at a non-finite loss, keeping the last parameters whose loss was finite."""
+        if prev is not None:  # the non-finite loss is that of the last update's parameters: undo the update
+            state.model, state.opt_state = prev
+            state.step -= 1
+            for values in state.history.values():
+                del values[-1:]
+        state.status = "diverged"
+        state.message = (
+            f"the loss became non-finite at step {state.step + 1}: training stopped with the parameters of step "
+            f"{state.step}, the last with a finite loss; lower trainer.lr (or trainer.encoder_lr)"
+        )
+
     def init(self, model: VelocityModel, key) -> TrainState:
         state = TrainState(model, self.optimizer.init(eqx.filter(model, eqx.is_inexact_array)), key)
         state.history = {"total": [], "reconstruction": []}
@@ -230,8 +248,12 @@ class Trainer:
             state.history["time_prior"] = []
         return state
 
-    def run(self, state: TrainState, data: TrainData, *, until: int | None = None, desc: str = "fitting") -> TrainState:
-        """Advance ``state`` up to step ``until`` (default trainer.max_steps), a plateau, or a non-finite loss."""
+    def run(self, state: TrainState, data: TrainData, *, until: int | None = None, desc: str = "fitting",
+            checkpoint=None) -> TrainState:
+        """Advance ``state`` up to step ``until`` (default trainer.max_steps), a plateau, or a non-finite loss.
+
+        ``checkpoint``: called with the state every trainer.checkpoint_every steps.
+        """
         cfg = self.cfg
         until = cfg.max_steps if until is None else min(until, cfg.max_steps)
         arrays = data.arrays()
@@ -246,7 +268,8 @@ class Trainer:
         smooth_w = 1.0 if batch is None else batch / n
         smooth = state.smoothed_loss
         best, since_best = state.best_loss, state.since_best
-        perm, pos = None, n
+        perm, pos = (None, n) if state.batch_perm is None else (state.batch_perm, state.batch_pos)
+        every = cfg.checkpoint_every if checkpoint is not None else 0
         bar = None
         if cfg.progress and until > state.step:
             from tqdm.auto import tqdm
@@ -254,8 +277,9 @@ class Trainer:
             # disable=None: a bar on a terminal, nothing in a log file or a CI run.
             bar = tqdm(total=until, initial=state.step, desc=desc, leave=False, dynamic_ncols=True, disable=None)
         t_start = time.perf_counter()
+        prev = None  # model and optimiser state before the last update: their loss was finite
         try:
-            while state.step < until:
+            while state.step < until and state.status != "diverged":  # a diverged fit takes no more steps
                 idx = None
                 if batch is not None:
                     if pos + batch > n:
@@ -274,11 +298,9 @@ class Trainer:
                 if not bool(info.ok):
                     raise SolverError(solver_failure_message(self.integrator, f"at training step {state.step + 1}"))
                 if not math.isfinite(loss):
-                    state.status = "diverged"
-                    state.message = (
-                        f"the loss became non-finite at step {state.step + 1}; kept the parameters of step {state.step}"
-                    )
+                    self._stop_diverged(state, prev)
                     break
+                prev = state.model, state.opt_state
                 state.model, state.opt_state = model, opt_state
                 state.step += 1
                 for k in state.solver_stats:
@@ -297,10 +319,19 @@ class Trainer:
                     if cfg.patience and since_best >= cfg.patience:
                         state.stopped_early = True
                         break
+                if every and state.step % every == 0:
+                    state.smoothed_loss, state.best_loss, state.since_best = smooth, best, since_best
+                    state.batch_perm, state.batch_pos = perm, pos
+                    checkpoint(state)
         finally:
             if bar is not None:
                 bar.close()
             state.smoothed_loss, state.best_loss, state.since_best = smooth, best, since_best
+            state.batch_perm, state.batch_pos = None, 0  # the next run() draws a fresh order, as without checkpoints
+        # Each loss above is that of the parameters before an update: the last update's are checked here.
+        if prev is not None and state.status != "diverged":
+            if not math.isfinite(loss_value(state.model, data, self.integrator, self.loss_cfg)):
+                self._stop_diverged(state, prev)
         elapsed = time.perf_counter() - t_start
         state.train_seconds += elapsed
         self.run_seconds += elapsed

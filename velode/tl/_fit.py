@@ -75,6 +75,7 @@ def fit(
     spliced_key: str = "Ms",
     unspliced_key: str = "Mu",
     seed: int = 0,
+    checkpoint_dir=None,
 ) -> FitResult:
     """Fit a shared latent time and per-gene kinetics to ``adata``; write the results in place.
 
@@ -91,6 +92,10 @@ def fit(
       ``var["fit_alpha"|"fit_beta"|"fit_gamma"|"fit_scaling"|"fit_alpha0"|"fit_t_"|"fit_r2"]`` (and
       ``var["fit_t_on"]``, the onset of induction, with ``model={"onset": True}``),
       ``var["velocity_genes"]`` (fit R^2 > ``r2_min``), ``uns["velode"]`` (settings and training record).
+
+    ``checkpoint_dir``: a checkpoint of the fit is written there every ``trainer["checkpoint_every"]``
+    steps (``checkpoint.eqx``, ``checkpoint.json``); with ``trainer={"resume": True}`` the fit goes on
+    from the checkpoint found there and ends as the uninterrupted fit would.
 
     Returns the :class:`FitResult` (model and training state), e.g. for saving the model.
     """
@@ -126,7 +131,7 @@ def fit(
     )
     result = fit_arrays(
         obs_s, obs_u, model_cfg=model_cfg, integrator=integrator, loss_cfg=loss_cfg, trainer_cfg=trainer_cfg,
-        seed=seed, root_mask=root_mask,
+        seed=seed, root_mask=root_mask, checkpoint_dir=checkpoint_dir,
     )
     write_result(adata, result, obs_s, obs_u, r2_min=r2_min)
     return result
