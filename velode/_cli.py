@@ -11,7 +11,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from . import _outputs
-from ._errors import ConfigError, VelodeError
+from ._errors import ConfigError, RunFolderError, VelodeError
 
 log = logging.getLogger("velode")
 
@@ -23,17 +23,26 @@ CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 def _app(cfg: DictConfig):
     from hydra.types import RunMode
 
-    from ._run import run
+    from ._run import check_run_folder, run
 
     hc = HydraConfig.get()
     out_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
     overrides = list(hc.overrides.task)
     try:
+        # First, so that no failure record is written over a run already in the folder.
+        finished = check_run_folder(out_dir, resume=bool(cfg.trainer.get("resume", False)),
+                                    overwrite=bool(cfg.get("overwrite", False)),
+                                    dir_key="hydra.sweep.dir" if multirun else "hydra.run.dir")
+        if finished is not None:
+            log.info("%s holds a finished run (status %s): nothing to resume", out_dir, finished.get("status"))
+            return finished.get("final_loss")
         _check_complete(cfg)
         with warnings.catch_warnings():
             warnings.showwarning = _log_warning
             metrics = run(cfg, out_dir, overrides)
+    except RunFolderError as err:  # the run already in the folder stays as it is: no failure record over it
+        return _fail(out_dir, f"{type(err).__name__}: {err}", str(err), multirun, overrides, record=False)
     except VelodeError as err:
         return _fail(out_dir, f"{type(err).__name__}: {err}", str(err), multirun, overrides)
     except Exception as err:  # a multirun goes on; a single run reports and exits non-zero
@@ -63,8 +72,9 @@ def _check_complete(cfg: DictConfig) -> None:
         raise ConfigError(f"{key} is required but not set: give it on the command line{hint}") from None
 
 
-def _fail(out_dir: Path, reason: str, message: str, multirun: bool, overrides: list[str]):
-    _outputs.write_json(out_dir / "metrics.json", {"status": "failed", "error": reason, "overrides": overrides})
+def _fail(out_dir: Path, reason: str, message: str, multirun: bool, overrides: list[str], *, record: bool = True):
+    if record:
+        _outputs.write_json(out_dir / "metrics.json", {"status": "failed", "error": reason, "overrides": overrides})
     if multirun:
         log.error("job failed: %s", reason)
         return float("nan")

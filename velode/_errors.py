@@ -15,3 +15,7 @@ class ConfigError(VelodeError, ValueError):
 
 class SolverError(VelodeError, RuntimeError):
     """The ODE solver failed (hit max_steps, non-finite state); the message names the settings to change."""
+
+
+class RunFolderError(VelodeError, FileExistsError):
+    """The run folder holds a run that this command would overwrite; the message says what to pass."""

@@ -1,5 +1,6 @@
 """The main job: data -> preprocessing -> fit -> outputs, driven by a composed Hydra config."""
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -8,8 +9,8 @@ import numpy as np
 from anndata import AnnData
 from omegaconf import DictConfig, OmegaConf
 
-from . import _outputs, datasets, metrics, pp
-from ._errors import ConfigError, InputError
+from . import _checkpoint, _outputs, datasets, metrics, pp
+from ._errors import ConfigError, InputError, RunFolderError
 from ._io import read
 from .model._stats import num_vf_evals
 
@@ -112,7 +113,10 @@ def run(cfg: DictConfig, out_dir: Path, overrides: list[str] | None = None) -> d
         root_cluster=cfg.data.get("root_cluster"),
         cluster_key=cluster_key or "clusters",
         seed=cfg.seed,
+        checkpoint_dir=out_dir,
     )
+    if result.resumed_from is not None:
+        log.info("went on from the checkpoint at step %d", result.resumed_from)
     info = adata.uns["velode"]
     stats = dict(info["solver_stats"])
     stats["num_vf_evals"] = num_vf_evals(result.integrator.solver, stats["num_steps"])
@@ -128,6 +132,7 @@ def run(cfg: DictConfig, out_dir: Path, overrides: list[str] | None = None) -> d
         "final_loss": info["final_loss"],
         "steps": info["steps"],
         "stopped_early": result.state.stopped_early,
+        "resumed_from": result.resumed_from,
         "fit_seconds": info["fit_seconds"],
         "compile_seconds": info["compile_seconds"],
         "train_seconds": result.train_seconds,
@@ -167,7 +172,54 @@ def run(cfg: DictConfig, out_dir: Path, overrides: list[str] | None = None) -> d
     _outputs.write_h5ad(out_dir / "velocity.h5ad", adata)
     out["total_seconds"] = time.perf_counter() - t_total
     _outputs.write_json(out_dir / "metrics.json", out)
+    _checkpoint.remove(out_dir)
     return out
+
+
+# What a run leaves in its folder that another run would replace (figures aside).
+RUN_OUTPUTS = ("velocity.h5ad", "metrics.json", "history.json")
+
+
+def check_run_folder(out_dir: Path, *, resume: bool, overwrite: bool, dir_key: str = "hydra.run.dir") -> dict | None:
+    """Refuse to run into a folder that holds a run, unless asked (RunFolderError says what to pass).
+
+    A folder holds a run if it has velocity.h5ad, a metrics.json of a run that did not fail, or a
+    checkpoint. ``overwrite`` removes them first. ``resume`` goes on from the checkpoint; if the run
+    had finished, its metrics are returned and there is nothing to do.
+    """
+    out_dir = Path(out_dir)
+    if overwrite:
+        for name in RUN_OUTPUTS:
+            (out_dir / name).unlink(missing_ok=True)
+        _checkpoint.remove(out_dir)
+        return None
+    metrics = None
+    if (out_dir / "metrics.json").exists():
+        try:
+            metrics = json.loads((out_dir / "metrics.json").read_text())
+        except (OSError, ValueError):
+            metrics = {}
+    has_h5ad = (out_dir / "velocity.h5ad").exists()
+    ran = metrics is not None and metrics.get("status") != "failed"
+    if resume and has_h5ad and ran:
+        return metrics
+    if resume:
+        return None
+    if has_h5ad or ran:
+        raise RunFolderError(
+            f"{out_dir} already holds a finished run (velocity.h5ad, metrics.json): pass overwrite=true to replace it, "
+            f"or choose a new {dir_key}"
+        )
+    if (out_dir / _checkpoint.NAME).exists():
+        try:
+            step = f" at step {json.loads((out_dir / _checkpoint.SIDECAR).read_text())['step']}"
+        except (OSError, ValueError, KeyError, TypeError):
+            step = ""
+        raise RunFolderError(
+            f"{out_dir} holds an unfinished run (checkpoint{step}): pass trainer.resume=true to continue it, "
+            f"overwrite=true to start again, or choose a new {dir_key}"
+        )
+    return None
 
 
 def _orientation_words(orientation: str) -> str:
