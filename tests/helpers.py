@@ -73,3 +73,18 @@ def load_script(relpath: str):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def run_cli(tmp_path, *overrides, name="run"):
+    """Run the ``velode`` command with ``overrides`` into the run folder ``tmp_path / name``."""
+    import subprocess
+    import sys
+
+    out = tmp_path / name
+    proc = subprocess.run(
+        [sys.executable, "-m", "velode._cli", f"hydra.run.dir={out}", *overrides],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    return proc, out

@@ -66,10 +66,23 @@ def read(path: str | os.PathLike) -> AnnData:
     try:
         return reader(p)
     except Exception as err:
+        if "incorrect shape" in str(err):  # anndata refuses a layer whose shape is not the data's
+            raise InputError(
+                f"cannot read '{p}': a layer does not match the data shape ({_one_line(err)}): "
+                "every layer needs one row per cell and one column per gene"
+            ) from err
         raise InputError(
             f"cannot read '{p}' as {kind} ({type(err).__name__}: {_one_line(err)}): "
             f"is the file complete and a valid .{kind} file?"
         ) from err
+
+
+def check_obs_key(adata: AnnData, key: str, what: str = "cluster_key") -> None:
+    """Raise an InputError unless ``key`` (the value of the setting ``what``) is a column of ``adata.obs``."""
+    if key not in adata.obs:
+        columns = list(map(str, adata.obs.columns))
+        shown = f"obs columns: {columns[:10]}{' ...' if len(columns) > 10 else ''}" if columns else "obs has no columns"
+        raise InputError(f"{what}={key!r} is not a column of obs ({shown}): name one of them, or add that column")
 
 
 def _shape(x) -> tuple[int, ...]:

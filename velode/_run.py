@@ -10,8 +10,8 @@ from anndata import AnnData
 from omegaconf import DictConfig, OmegaConf
 
 from . import _checkpoint, _outputs, datasets, metrics, pp
-from ._errors import ConfigError, InputError, RunFolderError
-from ._io import read
+from ._errors import ConfigError, RunFolderError
+from ._io import check_obs_key, read
 from .model._stats import num_vf_evals
 
 log = logging.getLogger("velode")
@@ -57,13 +57,12 @@ def build_integrator_args(cfg: DictConfig) -> dict:
 
 
 def _cluster_key(adata: AnnData, cfg: DictConfig) -> str | None:
+    """data.cluster_key, which must be a column of obs; unset: "clusters" if the data has that column."""
     key = cfg.data.get("cluster_key")
-    if key is None:
-        return None
-    if key not in adata.obs:
-        if cfg.data.get("root_cluster") is not None:
-            raise InputError(f"data.cluster_key={key!r} is not a column of obs: set it to one of {list(adata.obs.columns)}")
-        return None
+    if key is None and ("clusters" in adata.obs or cfg.data.get("root_cluster") is not None):
+        key = "clusters"  # the usual name; data.root_cluster needs a column to look in
+    if key is not None:
+        check_obs_key(adata, key, "data.cluster_key")
     return key
 
 
@@ -86,29 +85,35 @@ def run(cfg: DictConfig, out_dir: Path, overrides: list[str] | None = None) -> d
     ``overrides`` (the command-line overrides of this job) are recorded in ``metrics.json``.
     """
     from . import pl, tl
+    from .tl._fit import check_settings, root_cells
 
     t_total = time.perf_counter()
+    # Settings, then names in the data, are checked first: a wrong one fails at once, not after the preprocessing.
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    r2_min = model_cfg.pop("r2_min", 0.1)
+    kinetics = model_cfg.pop("kinetics")
+    settings = {"model": model_cfg, "loss": OmegaConf.to_container(cfg.loss, resolve=True),
+                "trainer": OmegaConf.to_container(cfg.trainer, resolve=True)}
+    check_settings(kinetics=kinetics, max_steps=cfg.solver.max_steps, n_grid=cfg.solver.n_grid, **settings)
     adata = load_data(cfg.data)
     log.info("data: %s, %d cells x %d genes", cfg.data.name, adata.n_obs, adata.n_vars)
+    cluster_key = _cluster_key(adata, cfg)
+    if cfg.data.get("root_cluster") is not None:
+        root_cells(adata, cfg.data.root_cluster, cluster_key)
+    genes = cfg.data.get("genes")
     t0 = time.perf_counter()
     p = cfg.preprocess
     adata = pp.preprocess(
         adata, method=p.method, min_shared_counts=p.min_shared_counts, n_top_genes=p.n_top_genes, n_pcs=p.n_pcs,
-        n_neighbors=p.n_neighbors,
+        n_neighbors=p.n_neighbors, genes=genes if genes is None or isinstance(genes, str) else list(genes),
     )
     preprocess_seconds = time.perf_counter() - t0
     log.info("preprocessed (%s) in %.1f s: %d genes", p.method, preprocess_seconds, adata.n_vars)
-    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
-    r2_min = model_cfg.pop("r2_min", 0.1)
-    kinetics = model_cfg.pop("kinetics")
-    cluster_key = _cluster_key(adata, cfg)
     result = tl.fit(
         adata,
         kinetics=kinetics,
         **build_integrator_args(cfg),
-        model=model_cfg,
-        loss=OmegaConf.to_container(cfg.loss, resolve=True),
-        trainer=OmegaConf.to_container(cfg.trainer, resolve=True),
+        **settings,
         r2_min=r2_min,
         root_cluster=cfg.data.get("root_cluster"),
         cluster_key=cluster_key or "clusters",

@@ -128,6 +128,14 @@ def loss_terms(model, features, obs_u, obs_s, mask, inv_sd_u, inv_sd_s, gene_wei
 OPTIMIZERS = ("adam", "adamw", "adabelief", "amsgrad", "lion", "nadam", "radam", "rmsprop", "sgd", "yogi")
 
 
+def check_trainer(cfg: TrainerConfig) -> None:
+    """ConfigError for an optimiser or a learning-rate schedule velode does not know."""
+    if cfg.optimizer not in OPTIMIZERS:
+        raise ConfigError(f"unknown trainer.optimizer {cfg.optimizer!r}: choose one of {list(OPTIMIZERS)}")
+    if cfg.schedule not in ("cosine", "constant"):
+        raise ConfigError(f"unknown trainer.schedule {cfg.schedule!r}: use 'cosine' or 'constant'")
+
+
 def make_optimizer(model: VelocityModel, cfg: TrainerConfig, step_offset: int = 0, *, freeze_encoder: bool = False):
     """Optax optimiser with its learning-rate schedule; ``step_offset``: the schedule resumes at that step.
 
@@ -147,8 +155,7 @@ def make_optimizer(model: VelocityModel, cfg: TrainerConfig, step_offset: int = 
             return sched if not step_offset else (lambda count: sched(count + step_offset))
         raise ConfigError(f"unknown trainer.schedule {cfg.schedule!r}: use 'cosine' or 'constant'")
 
-    if cfg.optimizer not in OPTIMIZERS:
-        raise ConfigError(f"unknown trainer.optimizer {cfg.optimizer!r}: choose one of {list(OPTIMIZERS)}")
+    check_trainer(cfg)
     opt = getattr(optax, cfg.optimizer)
     labels = jax.tree_util.tree_map(lambda _: "kinetics", eqx.filter(model, eqx.is_inexact_array))
     enc_label = "frozen" if freeze_encoder else "encoder"

@@ -3,6 +3,7 @@
 
 import logging
 import warnings
+from collections.abc import Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -21,6 +22,22 @@ def _check_int(name: str, value: object, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise InputError(f"{name} must be an integer >= {minimum}, got {value!r}: pass a larger whole number")
     return int(value)
+
+
+def _gene_mask(adata: AnnData, genes: Sequence[str]) -> np.ndarray:
+    """Mask of ``var_names`` in ``genes``; every name must be there."""
+    names = [genes] if isinstance(genes, str) else [str(g) for g in genes]
+    if not names:
+        raise InputError("the gene list is empty: name at least one gene of var_names, or give none to keep every gene")
+    present = set(adata.var_names)
+    missing = [g for g in names if g not in present]
+    if missing:
+        shown = ", ".join(repr(g) for g in missing[:5]) + (", ..." if len(missing) > 5 else "")
+        raise InputError(
+            f"{len(missing)} of {len(names)} genes in the gene list are not in var_names ({shown}): "
+            f"check their spelling against var_names (e.g. {', '.join(map(repr, adata.var_names[:3]))})"
+        )
+    return np.asarray(adata.var_names.isin(names))
 
 
 def _record(adata: AnnData, **entries) -> None:
@@ -257,6 +274,13 @@ def moments(
     _check(adata, COUNT_LAYERS)
     if adata.n_obs < 3:
         raise InputError(f"too few cells for a kNN graph: got {adata.n_obs}, need at least 3")
+    if n_neighbors >= adata.n_obs:
+        warnings.warn(
+            f"n_neighbors={n_neighbors} but only {adata.n_obs} cells: the kNN graph is capped at "
+            f"{adata.n_obs - 1} neighbours, so each cell's moments average over most of the data; lower n_neighbors",
+            UserWarning,
+            stacklevel=2,
+        )
     if adata.X is None:
         raise InputError(
             "adata.X is empty: run velode.pp.filter_and_normalize first "
@@ -279,6 +303,7 @@ def preprocess(
     n_top_genes: int | None = 2000,
     n_pcs: int = 30,
     n_neighbors: int = 30,
+    genes: Sequence[str] | None = None,
     copy: bool = True,
 ) -> AnnData:
     """Validate the counts and prepare the ``Ms``/``Mu`` layers velode fits.
@@ -302,6 +327,8 @@ def preprocess(
         See :func:`filter_and_normalize` (``"scvelo"`` only).
     n_pcs, n_neighbors
         See :func:`moments`.
+    genes
+        Names in ``var_names`` of the genes to keep, before anything else (``None``: all genes).
     copy
         Work on a copy (default) rather than modifying ``adata`` in place.
 
@@ -314,6 +341,12 @@ def preprocess(
         raise InputError(f"unknown preprocessing method {method!r}: use one of {allowed}")
     n_pcs = _check_int("n_pcs", n_pcs, 1)
     n_neighbors = _check_int("n_neighbors", n_neighbors, 2)
+    if genes is not None and isinstance(adata, AnnData):
+        chosen = _gene_mask(adata, genes)
+        if copy:
+            adata, copy = adata[:, chosen].copy(), False
+        else:
+            adata._inplace_subset_var(chosen)
     keep = _check(adata, COUNT_LAYERS)
     if method == "scvelo" and adata.n_obs < 3:
         raise InputError(

@@ -1,6 +1,8 @@
 """``velode.tl.fit``: fit the model to an AnnData and write scVelo's keys in place."""
 
 import dataclasses
+import numbers
+import typing
 
 import diffrax
 import equinox as eqx
@@ -11,7 +13,8 @@ from anndata import AnnData
 
 from .._errors import ConfigError, InputError
 from .._fit import KINETICS, FitResult, ModelConfig, evaluate_fit, fit_arrays
-from .._train import LossConfig, TrainerConfig, loss_value
+from .._io import check_obs_key
+from .._train import LossConfig, TrainerConfig, check_trainer, loss_value
 from ..model._kinetics import DynamicalKinetics, StandardKinetics
 from ..model._solve import Integrator, evaluate
 
@@ -25,7 +28,65 @@ def _config(cls, value, what: str):
     unknown = sorted(set(value) - known)
     if unknown:
         raise ConfigError(f"unknown {what} option(s) {unknown}: known options are {sorted(known)}")
+    for f in dataclasses.fields(cls):
+        if f.name in value and not _type_ok(value[f.name], f.type):
+            raise ConfigError(
+                f"{what}.{f.name} must be {_TYPE_WORDS.get(f.type, f.type)}, got {value[f.name]!r} "
+                f"(the default is {f.default!r})"
+            )
     return cls(**value)
+
+
+_TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
+               int | None: "an integer or null"}
+
+
+def _type_ok(value, typ) -> bool:
+    """Whether ``value`` fits the annotation ``typ`` of a config field (ints count as numbers, bools as neither)."""
+    for t in typing.get_args(typ) or (typ,):
+        if t is type(None):
+            if value is None:
+                return True
+        elif isinstance(value, (bool, np.bool_)):
+            if t is bool:
+                return True
+        elif t is int:
+            if isinstance(value, numbers.Integral):
+                return True
+        elif t is float:
+            if isinstance(value, numbers.Real):
+                return True
+        elif not isinstance(t, type) or isinstance(value, t):
+            return True
+    return False
+
+
+def check_settings(*, kinetics: str = "dynamical", model=None, loss=None, trainer=None, max_steps=4096,
+                   n_grid=129) -> tuple[ModelConfig, LossConfig, TrainerConfig]:
+    """The settings of :func:`fit`, checked before any data is touched (ConfigError names the first wrong one)."""
+    if kinetics not in KINETICS:
+        raise ConfigError(f"unknown kinetics {kinetics!r}: choose one of {sorted(KINETICS)}")
+    model_cfg = dataclasses.replace(_config(ModelConfig, model, "model"), kinetics=kinetics)
+    loss_cfg = _config(LossConfig, loss, "loss")
+    trainer_cfg = _config(TrainerConfig, trainer, "trainer")
+    check_trainer(trainer_cfg)
+    for name, v, least in (("max_steps", max_steps, 1), ("n_grid", n_grid, 2)):
+        if not (_type_ok(v, int) and v >= least):
+            raise ConfigError(f"solver.{name} must be an integer >= {least}, got {v!r}")
+    return model_cfg, loss_cfg, trainer_cfg
+
+
+def root_cells(adata: AnnData, root_cluster: str, cluster_key: str = "clusters") -> np.ndarray:
+    """Mask (cells,) of the cells of category ``root_cluster`` of ``obs[cluster_key]``; InputError if there are none."""
+    check_obs_key(adata, cluster_key, "cluster_key")
+    labels = adata.obs[cluster_key].astype(str).to_numpy()
+    if root_cluster not in set(labels):
+        found = sorted(set(labels))
+        raise InputError(
+            f"root_cluster {root_cluster!r} is not a category of obs[{cluster_key!r}]: choose one of "
+            f"{found[:10]}{' ...' if len(found) > 10 else ''}"
+        )
+    return labels == root_cluster
 
 
 def _dense(x) -> np.ndarray:
@@ -99,26 +160,16 @@ def fit(
 
     Returns the :class:`FitResult` (model and training state), e.g. for saving the model.
     """
-    if kinetics not in KINETICS:
-        raise ConfigError(f"unknown kinetics {kinetics!r}: choose one of {sorted(KINETICS)}")
-    model_cfg = _config(ModelConfig, model, "model")
-    model_cfg = dataclasses.replace(model_cfg, kinetics=kinetics)
-    loss_cfg = _config(LossConfig, loss, "loss")
-    trainer_cfg = _config(TrainerConfig, trainer, "trainer")
+    model_cfg, loss_cfg, trainer_cfg = check_settings(
+        kinetics=kinetics, model=model, loss=loss, trainer=trainer, max_steps=max_steps, n_grid=n_grid
+    )
     if adata.n_obs < 2 or adata.n_vars < 1:
         raise InputError(f"cannot fit {adata.n_obs} cells x {adata.n_vars} genes: need at least 2 cells and 1 gene")
     obs_s = _check_layer(adata, spliced_key)
     obs_u = _check_layer(adata, unspliced_key)
     if obs_s.shape != obs_u.shape:
         raise InputError(f"layers {spliced_key!r} {obs_s.shape} and {unspliced_key!r} {obs_u.shape} differ in shape")
-    root_mask = None
-    if root_cluster is not None:
-        if cluster_key not in adata.obs:
-            raise InputError(f"root_cluster given but obs[{cluster_key!r}] does not exist: set cluster_key to a column of obs")
-        labels = adata.obs[cluster_key].astype(str).to_numpy()
-        if root_cluster not in set(labels):
-            raise InputError(f"root_cluster {root_cluster!r} is not a category of obs[{cluster_key!r}]")
-        root_mask = labels == root_cluster
+    root_mask = None if root_cluster is None else root_cells(adata, root_cluster, cluster_key)
     if solver is not None and stepsize_controller is None:
         stepsize_controller = diffrax.PIDController(rtol=1e-3, atol=1e-6)
     integrator = Integrator(

@@ -1,0 +1,194 @@
+"""Every kind of bad input, through the `velode` command and through the Python API.
+
+The command exits non-zero with one line on stderr, ``velode: error: <message>``, and writes no
+velocity.h5ad; the API raises a ValueError with the same message. Config errors Hydra finds while
+composing (an unknown key or group option) end with Hydra's own message instead.
+"""
+
+import dataclasses
+import json
+from collections.abc import Callable
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+from helpers import run_cli
+
+import velode
+
+N_CELLS, N_GENES = 60, 20
+# Small enough that a case which reaches the fit costs seconds, not minutes.
+TINY = ["plots=false", "trainer.max_steps=5", "trainer.progress=false", "model.pretrain_steps=5",
+        "model.probe_steps=2", "model.assign_rounds=1"]
+TINY_MODEL = {"pretrain_steps": 5, "probe_steps": 2, "assign_rounds": 1}
+TINY_TRAINER = {"max_steps": 5, "progress": False}
+
+
+def _good():
+    a = velode.datasets.synthetic(N_CELLS, N_GENES, seed=0)
+    a.obs["clusters"] = pd.Categorical(np.where(a.obs["true_time"] < 0.5, "early", "late"))
+    return a
+
+
+def _h5ad(change: Callable | None = None):
+    """A writer of the good data, changed by ``change(adata) -> adata`` first."""
+
+    def write(path):
+        a = _good()
+        a = a if change is None else change(a)
+        a.write_h5ad(path)
+
+    return write
+
+
+def _set(layer, where, value):
+    def change(a):
+        a.layers[layer][where] = value
+        return a
+
+    return change
+
+
+def _drop(layer):
+    def change(a):
+        del a.layers[layer]
+        return a
+
+    return change
+
+
+def _all_zero(a):
+    a.layers["spliced"][:] = 0
+    a.layers["unspliced"][:] = 0
+    return a
+
+
+def _truncated(path):
+    _h5ad()(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _unspliced_one_gene_short(path):
+    _h5ad()(path)
+    with h5py.File(path, "r+") as f:  # anndata refuses to write such a file, so it is edited in place
+        del f["layers/unspliced"]
+        short = f["layers"].create_dataset("unspliced", data=np.ones((N_CELLS, N_GENES - 1), np.float32))
+        short.attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
+
+
+def _preprocessed(path, **kw):
+    return velode.pp.preprocess(velode.read(path), method="none", **kw)
+
+
+def _fit(path, **kw):
+    kw = {"model": TINY_MODEL, "trainer": TINY_TRAINER, **kw}
+    return velode.tl.fit(_preprocessed(path), **kw)
+
+
+@dataclasses.dataclass
+class Case:
+    id: str
+    phrase: str  # in the message of the command and of the API alike
+    file: Callable | None = _h5ad()  # writes the input file at the path given (None: no file)
+    name: str = "data.h5ad"
+    overrides: tuple = ()
+    preprocess: str = "none"
+    api: Callable | None = _preprocessed  # path -> raises ValueError; None: the case is the command's only
+    api_phrase: str | None = None  # when the API names it differently
+    same: bool = True  # the command prints exactly the API's message
+    hydra: bool = False  # Hydra's own message (a config that does not compose)
+    with_path: bool = True
+
+
+CASES = [
+    # the file
+    Case("missing_file", "file not found", file=None, api=velode.read),
+    Case("directory", "is a directory", file=lambda p: p.mkdir(), api=velode.read),
+    Case("not_h5ad_or_loom", "velode reads .h5ad and .loom files", file=lambda p: p.write_text("gene,count\n"),
+         name="counts.csv", api=velode.read),
+    Case("empty_file", "is the file complete", file=lambda p: p.write_bytes(b""), api=velode.read),
+    Case("truncated_file", "is the file complete", file=_truncated, api=velode.read),
+    Case("path_not_given", "data.path is required", file=None, with_path=False, api=None),
+    # the layers and their values
+    Case("no_spliced", "layer 'spliced' is missing", file=_h5ad(_drop("spliced"))),
+    Case("no_unspliced", "layer 'unspliced' is missing", file=_h5ad(_drop("unspliced"))),
+    Case("layer_shapes_differ", "every layer needs one row per cell and one column per gene",
+         file=_unspliced_one_gene_short, api=velode.read),
+    Case("zero_cells", "0 cells", file=_h5ad(lambda a: a[:0].copy())),
+    Case("zero_genes", "0 genes", file=_h5ad(lambda a: a[:, :0].copy())),
+    Case("nan", "has 1 NaN entries", file=_h5ad(_set("spliced", (3, 4), np.nan))),
+    Case("infinite", "has 1 infinite entries", file=_h5ad(_set("unspliced", (5, 6), np.inf))),
+    Case("negative", "has 1 negative entries", file=_h5ad(_set("unspliced", (1, 2), -1.0))),
+    Case("all_genes_zero", f"all {N_GENES} genes have zero counts", file=_h5ad(_all_zero)),
+    Case("too_few_cells_for_knn", "too few cells for a kNN graph", file=_h5ad(lambda a: a[:2].copy()),
+         preprocess="scvelo", api=lambda p: velode.pp.preprocess(velode.read(p), method="scvelo")),
+    # names of what is not there
+    Case("cluster_key_not_in_obs", "cluster_key='nope' is not a column of obs", overrides=("data.cluster_key=nope",),
+         api=lambda p: _fit(p, cluster_key="nope", root_cluster="early"), same=False),
+    Case("root_cluster_not_a_category", "root_cluster 'nowhere' is not a category of obs['clusters']",
+         overrides=("data.root_cluster=nowhere",), api=lambda p: _fit(p, root_cluster="nowhere")),
+    Case("gene_not_in_var_names", "1 of 2 genes in the gene list are not in var_names ('nope')",
+         overrides=("data.genes=[gene_0,nope]",), api=lambda p: _preprocessed(p, genes=["gene_0", "nope"])),
+    Case("empty_gene_list", "the gene list is empty", overrides=("data.genes=[]",),
+         api=lambda p: _preprocessed(p, genes=[])),
+    # the config
+    Case("unknown_group_option", "Could not find 'model/nonsense'", overrides=("model=nonsense",), hydra=True,
+         api=lambda p: _fit(p, kinetics="nonsense"), api_phrase="unknown kinetics 'nonsense'"),
+    Case("unknown_key", "Key 'nonsense' is not in struct", overrides=("trainer.nonsense=1",), hydra=True,
+         api=lambda p: _fit(p, trainer={"nonsense": 1}), api_phrase="unknown trainer option(s) ['nonsense']"),
+    Case("appended_unknown_key", "unknown trainer option(s) ['nonsense']", overrides=("+trainer.nonsense=1",),
+         api=lambda p: _fit(p, trainer={**TINY_TRAINER, "nonsense": 1})),
+    Case("unknown_optimizer", "unknown trainer.optimizer 'nonsense'", overrides=("trainer.optimizer=nonsense",),
+         api=lambda p: _fit(p, trainer={**TINY_TRAINER, "optimizer": "nonsense"})),
+    Case("value_of_wrong_type", "trainer.lr must be a number, got 'fast'", overrides=("trainer.lr=fast",),
+         api=lambda p: _fit(p, trainer={**TINY_TRAINER, "lr": "fast"})),
+    Case("solver_max_steps_not_an_integer", "solver.max_steps must be an integer >= 1, got 'many'",
+         overrides=("solver.max_steps=many",), api=lambda p: _fit(p, max_steps="many")),
+]
+IDS = [c.id for c in CASES]
+assert len(set(IDS)) == len(IDS)
+
+
+def _input(case: Case, tmp_path):
+    path = tmp_path / case.name
+    if case.file is not None:
+        case.file(path)
+    return path
+
+
+def _api_error(case: Case, path) -> ValueError:
+    with pytest.raises(ValueError) as info:
+        case.api(path)
+    return info.value
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_command_one_line_error_and_nothing_written(case, tmp_path):
+    path = _input(case, tmp_path)
+    data = ["data=h5ad"] + ([f"data.path={path}"] if case.with_path else [])
+    proc, out = run_cli(tmp_path, *data, f"preprocess={case.preprocess}", *TINY, *case.overrides)
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    assert not list(tmp_path.rglob("velocity.h5ad"))
+    if case.hydra:  # Hydra stops before the job starts: its message, no run folder
+        assert case.phrase in proc.stderr, proc.stderr
+        assert not out.exists()
+        return
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("velode: error: "), proc.stderr
+    assert case.phrase in lines[0]
+    if case.api is not None and case.same:
+        assert lines[0] == f"velode: error: {_api_error(case, path)}"
+    assert json.loads((out / "metrics.json").read_text())["status"] == "failed"
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.api is not None], ids=[c.id for c in CASES if c.api])
+def test_api_raises_value_error_with_the_message(case, tmp_path):
+    err = _api_error(case, _input(case, tmp_path))
+    assert isinstance(err, velode.VelodeError)
+    message = str(err)
+    assert (case.api_phrase or case.phrase) in message
+    assert message == " ".join(message.split())  # one line
+
