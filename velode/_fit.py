@@ -249,7 +249,10 @@ def fit_arrays(
     elif resume is None and orientation != "root" and (save := saver("probe")) is not None:
         save(state)  # the direction of time is settled: a resumed fit does not probe again
     compile_seconds, run_seconds = 0.0, 0.0
-    if model_cfg.restart_after_probe or model_cfg.onset or (model_cfg.cell_rank > 0 and not model_cfg.cell_phase):
+    # After a non-finite loss the fit stops (the phases below are skipped) with the last finite parameters.
+    if state.status != "diverged" and (
+        model_cfg.restart_after_probe or model_cfg.onset or (model_cfg.cell_rank > 0 and not model_cfg.cell_phase)
+    ):
         # The direction of time is chosen with the plain model (onsets or cell-specific transcription
         # would let a reversed clock fit as well); then training goes on, with the richer model if
         # asked, from fresh optimiser moments (the probe's moments belong to a clock still settling)
@@ -278,6 +281,8 @@ def fit_arrays(
                 state, until = ckpt.restore(state, resume), resume["until"]
             state = trainer.run(state, data, until=until, desc=f"round {r + 1}",
                                 checkpoint=saver("round", r, until=until))
+            if state.status == "diverged":
+                break
             t_best = assign_times(state.model.kinetics, data, integrator, model_cfg.assign_grid)
             enc = _pretrain_encoder(state.model.encoder, data.features[: data.n_cells], t_best, model_cfg.pretrain_steps)
             state.model = eqx.tree_at(lambda m: m.encoder, state.model, enc)
@@ -287,7 +292,7 @@ def fit_arrays(
         if here("main"):
             state = ckpt.restore(state, resume)
         state = trainer.run(state, data, checkpoint=saver("main"))
-    if cell_steps > 0:
+    if cell_steps > 0 and state.status != "diverged":
         # The clock is fitted; now each cell may transcribe a gene more or less than the gene's alpha
         # (lineage-specific genes at one latent time), with the clock frozen so it cannot bend it.
         model = state.model

@@ -123,6 +123,8 @@ def run(cfg: DictConfig, out_dir: Path, overrides: list[str] | None = None) -> d
     if result.resumed_from is not None:
         log.info("went on from the checkpoint at step %d", result.resumed_from)
     info = adata.uns["velode"]
+    if info["status"] == "diverged":  # the outputs below come from the last parameters with a finite loss
+        log.warning("training diverged: %s", result.state.message)
     stats = dict(info["solver_stats"])
     stats["num_vf_evals"] = num_vf_evals(result.integrator.solver, stats["num_steps"])
     out = {

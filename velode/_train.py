@@ -233,6 +233,19 @@ class Trainer:
         self.compile_seconds = 0.0  # wall time of the first step (compilation and one step)
         self.run_seconds = 0.0  # wall time of every run() of this trainer, compilation included
 
+    def _stop_diverged(self, state: TrainState, prev) -> None:
+        """Stop at a non-finite loss, keeping the last parameters whose loss was finite."""
+        if prev is not None:  # the non-finite loss is that of the last update's parameters: undo the update
+            state.model, state.opt_state = prev
+            state.step -= 1
+            for values in state.history.values():
+                del values[-1:]
+        state.status = "diverged"
+        state.message = (
+            f"the loss became non-finite at step {state.step + 1}: training stopped with the parameters of step "
+            f"{state.step}, the last with a finite loss; lower trainer.lr (or trainer.encoder_lr)"
+        )
+
     def init(self, model: VelocityModel, key) -> TrainState:
         state = TrainState(model, self.optimizer.init(eqx.filter(model, eqx.is_inexact_array)), key)
         state.history = {"total": [], "reconstruction": []}
@@ -271,8 +284,9 @@ class Trainer:
             # disable=None: a bar on a terminal, nothing in a log file or a CI run.
             bar = tqdm(total=until, initial=state.step, desc=desc, leave=False, dynamic_ncols=True, disable=None)
         t_start = time.perf_counter()
+        prev = None  # model and optimiser state before the last update: their loss was finite
         try:
-            while state.step < until:
+            while state.step < until and state.status != "diverged":  # a diverged fit takes no more steps
                 idx = None
                 if batch is not None:
                     if pos + batch > n:
@@ -291,11 +305,9 @@ class Trainer:
                 if not bool(info.ok):
                     raise SolverError(solver_failure_message(self.integrator, f"at training step {state.step + 1}"))
                 if not math.isfinite(loss):
-                    state.status = "diverged"
-                    state.message = (
-                        f"the loss became non-finite at step {state.step + 1}; kept the parameters of step {state.step}"
-                    )
+                    self._stop_diverged(state, prev)
                     break
+                prev = state.model, state.opt_state
                 state.model, state.opt_state = model, opt_state
                 state.step += 1
                 for k in state.solver_stats:
@@ -323,6 +335,10 @@ class Trainer:
                 bar.close()
             state.smoothed_loss, state.best_loss, state.since_best = smooth, best, since_best
             state.batch_perm, state.batch_pos = None, 0  # the next run() draws a fresh order, as without checkpoints
+        # Each loss above is that of the parameters before an update: the last update's are checked here.
+        if prev is not None and state.status != "diverged":
+            if not math.isfinite(loss_value(state.model, data, self.integrator, self.loss_cfg)):
+                self._stop_diverged(state, prev)
         elapsed = time.perf_counter() - t_start
         state.train_seconds += elapsed
         self.run_seconds += elapsed
