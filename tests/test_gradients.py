@@ -272,7 +272,8 @@ def test_chunked_loss_equals_direct_computation(x64, solver, consistency):
 
     for chunk in (CHUNK, 5):
         data = TrainData.build(features, obs_u, obs_s, inv_u, inv_s, weight, chunk=chunk)
-        assert data.features.shape[0] % chunk == 0 and data.features.shape[0] > N_CELLS
+        # The data are held once; the pass reads them through padded row indices.
+        assert data.features.shape[0] == N_CELLS and data.rows.shape[0] % chunk == 0 and data.rows.shape[0] > N_CELLS
         assert int(jnp.sum(data.mask)) == N_CELLS == data.n_cells
         loss_fn = _loss_of_closed if solver is None else _loss_of
         loss, (chunk_terms, info) = loss_fn(model, data.arrays(), integ, cfg, data.chunk)

@@ -34,7 +34,7 @@ def fingerprint(*parts) -> str:
     for p in parts:
         if isinstance(p, np.ndarray):
             h.update(f"{p.dtype}{p.shape}".encode())
-            h.update(np.ascontiguousarray(p).tobytes())
+            h.update(memoryview(np.ascontiguousarray(p)).cast("B"))  # the bytes, not a copy of them
         else:
             h.update(repr(p).encode())
     return h.hexdigest()[:16]

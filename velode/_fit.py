@@ -21,7 +21,7 @@ import optax
 from ._checkpoint import PHASES, Checkpointer, fingerprint, position
 from ._errors import ConfigError
 from ._train import LossConfig, Trainer, TrainerConfig, TrainData, TrainState, loss_terms, loss_value
-from .model._encoder import TimeEncoder, fit_feature_map
+from .model._encoder import TimeEncoder, fit_feature_map, project_cells
 from .model._kinetics import DynamicalKinetics, StandardKinetics
 from .model._model import CellModulator, VelocityModel, predict
 from .model._solve import Integrator, evaluate
@@ -85,13 +85,28 @@ def graph_distance(features, sources, n_neighbors: int = 15):
     return np.where(finite, d, d[finite].max() if finite.any() else 0.0)
 
 
+#: Genes per block of the per-gene statistics of the data (bounded temporaries whatever the number of cells).
+GENE_BLOCK = 256
+
+
+def by_genes(fn, *arrays, block: int = GENE_BLOCK):
+    """``fn`` of cells x genes arrays, applied to blocks of genes (columns) and joined along the last axis.
+
+    For per-gene statistics: the temporaries are cells x ``block``, not cells x genes.
+    """
+    n_genes = arrays[0].shape[1]
+    if n_genes <= block:
+        return fn(*arrays)
+    return np.concatenate([fn(*(a[:, j : j + block] for a in arrays)) for j in range(0, n_genes, block)], axis=-1)
+
+
 def _init_kinetics(kind: str, t, obs_s, obs_u, cfg: ModelConfig):
     """Rates from the data at a given clock t (numpy): steady-state ratios, early states, peak times."""
     n_genes = obs_s.shape[1]
     early = t <= np.quantile(t, 0.05)
     u0 = obs_u[early].mean(0)
-    u_hi = np.maximum(np.quantile(obs_u, 0.98, axis=0), 1e-3)
-    s_hi = np.maximum(np.quantile(obs_s, 0.98, axis=0), 1e-3)
+    u_hi = np.maximum(by_genes(lambda x: np.quantile(x, 0.98, axis=0), obs_u), 1e-3)
+    s_hi = np.maximum(by_genes(lambda x: np.quantile(x, 0.98, axis=0), obs_s), 1e-3)
     beta = np.full(n_genes, cfg.init_rate)
     gamma = np.clip(beta * u_hi / s_hi, 0.05, 0.9 * cfg.rate_max)
     alpha = beta * u_hi
@@ -99,15 +114,21 @@ def _init_kinetics(kind: str, t, obs_s, obs_u, cfg: ModelConfig):
     common = dict(alpha=alpha, beta=beta, gamma=gamma, scale=1.0, alpha0=alpha0, rate_max=cfg.rate_max)
     if kind == "standard":
         return StandardKinetics(n_genes, **common)
-    top = obs_u >= np.quantile(obs_u, 0.9, axis=0, keepdims=True)
-    peak = (top * t[:, None]).sum(0) / np.maximum(top.sum(0), 1)
+    def peak_time(x):  # mean time of the cells with the top 10% unspliced of each gene
+        top = x >= np.quantile(x, 0.9, axis=0, keepdims=True)
+        return (top * t[:, None]).sum(0) / np.maximum(top.sum(0), 1)
+
+    peak = by_genes(peak_time, obs_u)
     return DynamicalKinetics(n_genes, switch=np.clip(peak, 0.1, 0.95), **common)
 
 
 def _onset_init(t, obs_u, switch):
     """Onset of induction: a little before the earliest cells with high unspliced (10% quantile of their times)."""
-    top = obs_u >= np.quantile(obs_u, 0.9, axis=0, keepdims=True)
-    first = np.nan_to_num(np.nanquantile(np.where(top, t[:, None], np.nan), 0.1, axis=0), nan=0.0)
+    def first_time(x):
+        top = x >= np.quantile(x, 0.9, axis=0, keepdims=True)
+        return np.nan_to_num(np.nanquantile(np.where(top, t[:, None], np.nan), 0.1, axis=0), nan=0.0)
+
+    first = by_genes(first_time, obs_u)
     return np.clip(first - 0.1, 0.02, 0.8 * np.asarray(switch))
 
 
@@ -131,10 +152,26 @@ def _pretrain_scan(encoder: TimeEncoder, features, logit, steps: int):
     return eqx.combine(params, static)
 
 
+#: The encoder is taught a clock on at most this many cells (a fixed random subset of larger data).
+PRETRAIN_MAX_CELLS = 10_000
+#: Starting rates are read off at most this many cells (a fixed random subset of larger data).
+INIT_MAX_CELLS = 30_000
+
+
+def _subset(n: int, most: int, seed: int):
+    """Sorted indices of a random subset of ``most`` of ``n`` cells, or None (every cell) if n <= most."""
+    if n <= most:
+        return None
+    return np.sort(np.random.default_rng(seed).choice(n, most, replace=False))
+
+
 def _pretrain_encoder(encoder: TimeEncoder, features, target, steps: int) -> TimeEncoder:
     """Fit the encoder to a given clock (in logit space): a starting ordering, or times found on a grid."""
     if steps <= 0:
         return encoder
+    cells = _subset(features.shape[0], PRETRAIN_MAX_CELLS, 0)
+    if cells is not None:  # full-batch steps on a bounded number of cells: the cost does not grow with the data
+        features, target = features[cells], jnp.asarray(target)[cells]
     target = jnp.clip(jnp.asarray(target, features.dtype), 0.01, 0.99)
     return _pretrain_scan(encoder, features, jnp.log(target) - jnp.log1p(-target), int(steps))
 
@@ -185,10 +222,10 @@ def fit_arrays(
     obs_u = np.asarray(obs_u, np.float32)
     key = jax.random.PRNGKey(seed)
     k_enc, k_train = jax.random.split(key)
-    fmap = fit_feature_map(np.concatenate([obs_s, obs_u], axis=1), model_cfg.n_components)
-    features = fmap(jnp.asarray(np.concatenate([obs_s, obs_u], axis=1)))
+    fmap = fit_feature_map((obs_s, obs_u), model_cfg.n_components)
+    features = project_cells(fmap, (obs_s, obs_u))
     t_pc = _scaled_time(np.asarray(features[:, 0]))
-    sd_u, sd_s = obs_u.std(0), obs_s.std(0)
+    sd_u, sd_s = by_genes(lambda x: x.std(0), obs_u), by_genes(lambda x: x.std(0), obs_s)
     inv = lambda sd: jnp.asarray(np.where(sd > 0, 1.0 / np.maximum(sd, 1e-12), 0.0), jnp.float32)  # noqa: E731
     gw = np.ones(obs_s.shape[1], np.float32) if gene_weight is None else np.asarray(gene_weight, np.float32)
     data = TrainData.build(features, obs_u, obs_s, inv(sd_u), inv(sd_s), gw, chunk=trainer_cfg.chunk_size)
@@ -207,12 +244,16 @@ def fit_arrays(
             return None
         return lambda st: ckpt.save(st, {"phase": phase, "round": r, **where, **extra})
 
+    # Starting rates and onsets come from the data of (at most INIT_MAX_CELLS) cells.
+    init_cells = _subset(data.n_cells, INIT_MAX_CELLS, seed)
+    sub = (lambda x: x) if init_cells is None else (lambda x: x[init_cells])  # noqa: E731
+    init_s, init_u = sub(obs_s), sub(obs_u)
     encoder = TimeEncoder(fmap.n_features, width=model_cfg.encoder_width, depth=model_cfg.encoder_depth, key=k_enc)
     encoder = _pretrain_encoder(encoder, features, jnp.asarray(t_pc, jnp.float32), model_cfg.pretrain_steps)
     candidates = {
-        "forward": VelocityModel(fmap, encoder, _init_kinetics(model_cfg.kinetics, t_pc, obs_s, obs_u, model_cfg)),
+        "forward": VelocityModel(fmap, encoder, _init_kinetics(model_cfg.kinetics, sub(t_pc), init_s, init_u, model_cfg)),
         "reversed": VelocityModel(
-            fmap, _reverse(encoder), _init_kinetics(model_cfg.kinetics, 1.0 - t_pc, obs_s, obs_u, model_cfg)
+            fmap, _reverse(encoder), _init_kinetics(model_cfg.kinetics, sub(1.0 - t_pc), init_s, init_u, model_cfg)
         ),
     }
     trainer = Trainer(candidates["forward"], integrator, loss_cfg, clock_cfg)
@@ -224,7 +265,7 @@ def fit_arrays(
         t_root = _scaled_time(graph_distance(np.asarray(features[: data.n_cells]), np.asarray(root_mask, bool)))
         enc_root = _pretrain_encoder(encoder, features[: data.n_cells], t_root, model_cfg.pretrain_steps)
         orientation = "root"
-        model = VelocityModel(fmap, enc_root, _init_kinetics(model_cfg.kinetics, t_root, obs_s, obs_u, model_cfg))
+        model = VelocityModel(fmap, enc_root, _init_kinetics(model_cfg.kinetics, sub(t_root), init_s, init_u, model_cfg))
         state = trainer.init(model, k_train)
     elif resume is not None:
         # The probe finished before the checkpoint: its outcome is read, not recomputed. The state is
@@ -260,7 +301,7 @@ def fit_arrays(
         model = state.model
         if model_cfg.onset and model_cfg.kinetics == "dynamical":
             t_now = np.asarray(model.encoder(features[: data.n_cells]))
-            kin = model.kinetics.with_onset(_onset_init(t_now, obs_u, np.asarray(model.kinetics.switch_time())))
+            kin = model.kinetics.with_onset(_onset_init(sub(t_now), init_u, np.asarray(model.kinetics.switch_time())))
             model = eqx.tree_at(lambda m: m.kinetics, model, kin)
         if model_cfg.cell_rank > 0 and not model_cfg.cell_phase:
             mod = CellModulator(fmap.n_features, obs_s.shape[1], model_cfg.cell_rank, bound=model_cfg.cell_bound,
@@ -340,23 +381,35 @@ def _checkpointer(checkpoint_dir, model_cfg, integrator, loss_cfg, trainer_cfg, 
 
 
 @eqx.filter_jit
-def _assign(kinetics, obs_u, obs_s, inv_u, inv_s, w, integrator, n_grid: int):
+def _assign(kinetics, obs_u, obs_s, rows, inv_u, inv_s, w, integrator, n_grid: int):
     grid = jnp.linspace(0.0, 1.0, n_grid)
     u, s, _ = evaluate(kinetics, grid[:, None], integrator, t_end=1.0)
     u = u * kinetics.scale
     wu, ws = w * inv_u**2, w * inv_s**2
     # ||x - p_k||^2_w = x.wx - 2 x.w p_k + p_k.w p_k, as matrix products (cells x grid).
-    cross = (obs_u * wu) @ u.T + (obs_s * ws) @ s.T
+    cross = (obs_u[rows] * wu) @ u.T + (obs_s[rows] * ws) @ s.T
     norm = (u**2) @ wu + (s**2) @ ws
     return grid[jnp.argmin(norm[None, :] - 2 * cross, axis=1)]
 
 
-def assign_times(kinetics, data: TrainData, integrator: Integrator, n_grid: int):
-    """Each cell's best time on a uniform grid of [0, 1] given the kinetics (weighted least squares)."""
+#: Cells per block of a pass over every cell outside training (time assignment, outputs).
+CELL_BLOCK = 8192
 
-    return _assign(kinetics, data.obs_u, data.obs_s, data.inv_sd_u, data.inv_sd_s, data.gene_weight, integrator, n_grid)[
-        : data.n_cells
-    ]
+
+def assign_times(kinetics, data: TrainData, integrator: Integrator, n_grid: int, block: int = CELL_BLOCK):
+    """Each cell's best time on a uniform grid of [0, 1] given the kinetics (weighted least squares).
+
+    Computed for blocks of ``block`` cells (the last one padded, so one compilation serves all).
+    """
+    n = data.n_cells
+    size = min(block, n)
+    out = []
+    for lo in range(0, n, size):
+        rows = np.minimum(np.arange(lo, lo + size), n - 1).astype(np.int32)
+        t = _assign(kinetics, data.obs_u, data.obs_s, jnp.asarray(rows), data.inv_sd_u, data.inv_sd_s,
+                    data.gene_weight, integrator, n_grid)
+        out.append(t[: min(size, n - lo)])
+    return out[0] if len(out) == 1 else jnp.concatenate(out)
 
 
 def evaluate_fit(result: FitResult, *, project: bool = True):

@@ -46,12 +46,15 @@ class TrainerConfig:
 class TrainData:
     """Arrays the loss needs, passed to the jitted step as arguments (never closed over).
 
-    Cells are padded to a multiple of the chunk size; ``mask`` is 0 on the padding.
+    The cells x genes data are held once, as given (float32 numpy arrays are shared with JAX on the
+    CPU, not copied); a pass over the cells reads them through ``rows``, every cell's index padded to
+    a multiple of the chunk size, with ``mask`` 0 on the padding.
     """
 
     features: jax.Array
     obs_u: jax.Array
     obs_s: jax.Array
+    rows: jax.Array
     mask: jax.Array
     inv_sd_u: jax.Array
     inv_sd_s: jax.Array
@@ -63,37 +66,49 @@ class TrainData:
     def build(cls, features, obs_u, obs_s, inv_sd_u, inv_sd_s, gene_weight, chunk: int = 128):
         n = features.shape[0]
         chunk = int(max(1, min(chunk, n)))
-        pad = (-n) % chunk
-        padded = lambda a: jnp.pad(jnp.asarray(a, jnp.float32), ((0, pad), (0, 0)))  # noqa: E731
-        mask = jnp.concatenate([jnp.ones(n, jnp.float32), jnp.zeros(pad, jnp.float32)])
-        f32 = lambda a: jnp.asarray(a, jnp.float32)  # noqa: E731
-        return cls(padded(features), padded(obs_u), padded(obs_s), mask, f32(inv_sd_u), f32(inv_sd_s),
+        rows, mask = padded_rows(np.arange(n), chunk)
+        f32 = lambda a: jnp.asarray(a if isinstance(a, jax.Array) else np.asarray(a, np.float32), jnp.float32)  # noqa: E731
+        return cls(f32(features), f32(obs_u), f32(obs_s), rows, mask, f32(inv_sd_u), f32(inv_sd_s),
                    f32(gene_weight), n, chunk)
 
     def arrays(self):
-        return (self.features, self.obs_u, self.obs_s, self.mask, self.inv_sd_u, self.inv_sd_s, self.gene_weight)
+        """The arguments of :func:`loss_terms` after the model, for a full pass over the cells."""
+        return (self.features, self.obs_u, self.obs_s, self.rows, self.mask, self.inv_sd_u, self.inv_sd_s,
+                self.gene_weight)
 
 
-def loss_terms(model, features, obs_u, obs_s, mask, inv_sd_u, inv_sd_s, gene_weight, integrator, loss_cfg, chunk):
-    """Weighted loss and its terms, computed in chunks of cells.
+def padded_rows(rows, chunk: int):
+    """``rows`` (cell indices) padded with index 0 to a multiple of ``chunk``, and the mask of the real ones."""
+    rows = np.asarray(rows, np.int32)
+    pad = (-len(rows)) % chunk
+    mask = np.concatenate([np.ones(len(rows), np.float32), np.zeros(pad, np.float32)])
+    return jnp.asarray(np.concatenate([rows, np.zeros(pad, np.int32)])), jnp.asarray(mask)
 
-    The step is memory-bound: a scan over chunks of ``chunk`` cells, each rematerialised in the
-    backward pass (jax.checkpoint), keeps the cells x genes temporaries in cache instead of
-    writing dozens of full-size arrays.
+
+def loss_terms(model, features, obs_u, obs_s, rows, mask, inv_sd_u, inv_sd_s, gene_weight, integrator, loss_cfg,
+               chunk):
+    """Weighted loss and its terms over the cells ``rows`` (weighted by ``mask``), in chunks of cells.
+
+    ``features``, ``obs_u``, ``obs_s`` hold every cell; ``rows`` (a multiple of ``chunk`` long) picks
+    the cells of this pass. The step is memory-bound: a scan over chunks of ``chunk`` cells, each
+    gathered and rematerialised in the backward pass (jax.checkpoint), keeps the cells x genes
+    temporaries in cache instead of writing dozens of full-size arrays, and never copies the data.
     """
     project = loss_cfg.consistency_weight != 0
     h = loss_cfg.horizon
     kin = model.kinetics
-    t = model.encoder(features)
+    f = features[rows]
+    t = model.encoder(f)
     ev = prepare(kin, integrator, t_end=1.0 + (h if project else 0.0))
-    n_rows, n_genes = obs_u.shape
+    n_rows = rows.shape[0]
     n_chunks = n_rows // chunk
 
     mod = model.modulator
-    z = None if mod is None else mod.embed(features)
+    z = None if mod is None else mod.embed(f)
 
     def body(carry, xs):
-        t_c, u_c, s_c, m_c, z_c = xs
+        t_c, r_c, m_c, z_c = xs
+        u_c, s_c = obs_u[r_c], obs_s[r_c]
         mult = None if mod is None else mod.scale(z_c)
         u, s = ev(t_c[:, None], mult)
         r = ((kin.scale * u - u_c) * inv_sd_u) ** 2 + ((s - s_c) * inv_sd_s) ** 2
@@ -107,8 +122,7 @@ def loss_terms(model, features, obs_u, obs_s, mask, inv_sd_u, inv_sd_s, gene_wei
 
     xs = (
         t.reshape(n_chunks, chunk),
-        obs_u.reshape(n_chunks, chunk, n_genes),
-        obs_s.reshape(n_chunks, chunk, n_genes),
+        rows.reshape(n_chunks, chunk),
         mask.reshape(n_chunks, chunk),
         None if z is None else z.reshape(n_chunks, chunk, z.shape[1]),
     )
@@ -175,13 +189,10 @@ def make_optimizer(model: VelocityModel, cfg: TrainerConfig, step_offset: int = 
 
 
 @eqx.filter_jit
-def _step(model, opt_state, idx, data_arrays, optimizer, integrator, loss_cfg, chunk):
-    features, obs_u, obs_s, mask, inv_sd_u, inv_sd_s, gene_weight = data_arrays
-    if idx is not None:
-        idx, idx_mask = idx
-        features, obs_u, obs_s, mask = features[idx], obs_u[idx], obs_s[idx], mask[idx] * idx_mask
+def _step(model, opt_state, rows, mask, data_arrays, optimizer, integrator, loss_cfg, chunk):
+    features, obs_u, obs_s, _, _, inv_sd_u, inv_sd_s, gene_weight = data_arrays
     (loss, (terms, info)), grads = eqx.filter_value_and_grad(loss_terms, has_aux=True)(
-        model, features, obs_u, obs_s, mask, inv_sd_u, inv_sd_s, gene_weight, integrator, loss_cfg, chunk
+        model, features, obs_u, obs_s, rows, mask, inv_sd_u, inv_sd_s, gene_weight, integrator, loss_cfg, chunk
     )
     updates, opt_state = optimizer.update(grads, opt_state, eqx.filter(model, eqx.is_inexact_array))
     model = eqx.apply_updates(model, updates)
@@ -287,16 +298,16 @@ class Trainer:
         prev = None  # model and optimiser state before the last update: their loss was finite
         try:
             while state.step < until and state.status != "diverged":  # a diverged fit takes no more steps
-                idx = None
+                rows, mask = data.rows, data.mask
                 if batch is not None:
                     if pos + batch > n:
                         state.key, sub = jax.random.split(state.key)
                         perm, pos = jax.random.permutation(sub, n), 0
-                    idx = (jnp.concatenate([perm[pos : pos + batch], jnp.zeros(pad, perm.dtype)]), batch_mask)
+                    rows, mask = jnp.concatenate([perm[pos : pos + batch], jnp.zeros(pad, perm.dtype)]), batch_mask
                     pos += batch
                 t0 = time.perf_counter()
                 model, opt_state, loss, terms, info = _step(
-                    state.model, state.opt_state, idx, arrays, self.optimizer, self.integrator, self.loss_cfg, chunk
+                    state.model, state.opt_state, rows, mask, arrays, self.optimizer, self.integrator, self.loss_cfg, chunk
                 )
                 loss = float(loss)
                 if not self.compiled:

@@ -16,6 +16,10 @@ NOISE_MODELS = ("gaussian", "poisson")
 MIN_RATE_GAP = 0.05
 #: Range of the per-gene maximum expected count in the "poisson" noise model.
 POISSON_MAX_COUNTS = (20.0, 50.0)
+#: The noise-free layers (``truth_layers=True``).
+TRUTH_LAYERS = ("true_spliced", "true_unspliced", "true_velocity", "true_velocity_u")
+#: Cells per block of the generation (bounds its temporaries).
+BLOCK_CELLS = 4096
 
 
 def splicing_solution(
@@ -35,6 +39,27 @@ def splicing_solution(
     u = u0 * eb + alpha / beta * (1.0 - eb)
     s = s0 * eg + alpha / gamma * (1.0 - eg) + (alpha - beta * u0) / (gamma - beta) * (eg - eb)
     return u, s
+
+
+def _states(alpha, beta, gamma, t_sw, t):
+    """Clean (u, s, transcription rate) of cells at times ``t`` (cells x genes, float64)."""
+    u_sw, s_sw = splicing_solution(0.0, 0.0, alpha, beta, gamma, t_sw)
+    induction = t[:, None] <= t_sw[None, :]
+    u_ind, s_ind = splicing_solution(0.0, 0.0, alpha, beta, gamma, t[:, None])
+    tau_rep = np.maximum(t[:, None] - t_sw[None, :], 0.0)
+    u_rep, s_rep = splicing_solution(u_sw, s_sw, 0.0, beta, gamma, tau_rep)
+    return np.where(induction, u_ind, u_rep), np.where(induction, s_ind, s_rep), np.where(induction, alpha, 0.0)
+
+
+def _peak(alpha, beta, gamma, t_sw, t, *, per_layer: bool = False):
+    """Largest clean u and s of each gene over the cells at times ``t`` (their maximum, or each one)."""
+    u_max = np.zeros(len(alpha))
+    s_max = np.zeros(len(alpha))
+    for lo in range(0, len(t), BLOCK_CELLS):
+        u, s, _ = _states(alpha, beta, gamma, t_sw, t[lo : lo + BLOCK_CELLS])
+        u_max = np.maximum(u_max, u.max(axis=0))
+        s_max = np.maximum(s_max, s.max(axis=0))
+    return (u_max, s_max) if per_layer else np.maximum(u_max, s_max)
 
 
 def _check_args(noise, noise_level, t_max, switch_range) -> tuple[float, float]:
@@ -66,6 +91,7 @@ def simulation(
     noise_level: float = 0.05,
     t_max: float = 1.0,
     switch_range: Sequence[float] = (0.3, 0.7),
+    truth_layers: bool = True,
 ) -> AnnData:
     """Cells sampled along switching splicing kinetics, with the noise-free truth stored alongside.
 
@@ -95,12 +121,16 @@ def simulation(
         Largest cell time.
     switch_range
         Range of the switch time as fractions of ``t_max``.
+    truth_layers
+        Store the noise-free cells x genes layers (``False`` for large data: the truth per cell and
+        gene then follows from ``obs["true_time"]`` and the ``var["true_*"]`` columns, see
+        :func:`simulation_truth`; ``X`` is left empty).
 
     Returns
     -------
     AnnData with float32 layers ``"spliced"``, ``"unspliced"`` (noisy; ``X`` is spliced),
     ``"true_spliced"``, ``"true_unspliced"`` (clean), ``"true_velocity"`` (ds/dt) and
-    ``"true_velocity_u"`` (du/dt); ``obs["true_time"]``; ``var["true_alpha"]``,
+    ``"true_velocity_u"`` (du/dt) (with ``truth_layers``); ``obs["true_time"]``; ``var["true_alpha"]``,
     ``var["true_beta"]``, ``var["true_gamma"]``, ``var["true_switch_time"]``,
     ``var["true_scale"]``; ``uns["velode_dataset"]`` with the parameters. All truth is in the
     units of the stored layers: with Poisson noise the per-gene scale ``var["true_scale"]``
@@ -123,32 +153,38 @@ def simulation(
     t_sw = rng.uniform(lo, hi, size=n_genes) * t_max
     t = rng.uniform(0.0, t_max, size=n_cells)
 
-    # State at the switch, then each cell's state in its own phase.
-    u_sw, s_sw = splicing_solution(0.0, 0.0, alpha, beta, gamma, t_sw)
-    induction = t[:, None] <= t_sw[None, :]
-    u_ind, s_ind = splicing_solution(0.0, 0.0, alpha, beta, gamma, t[:, None])
-    tau_rep = np.maximum(t[:, None] - t_sw[None, :], 0.0)
-    u_rep, s_rep = splicing_solution(u_sw, s_sw, 0.0, beta, gamma, tau_rep)
-    u = np.where(induction, u_ind, u_rep)
-    s = np.where(induction, s_ind, s_rep)
-    a = np.where(induction, alpha, 0.0)
-
     if noise == "poisson":
-        peak = np.maximum(u.max(axis=0), s.max(axis=0))
+        # Scale each gene so its largest clean value is 20-50 counts: the largest clean value over
+        # time is reached at the switch (u) or after it (s), found on a fine grid of times.
         target = rng.uniform(*POISSON_MAX_COUNTS, size=n_genes)
+        peak = _peak(alpha, beta, gamma, t_sw, t)
         scale = target / np.where(peak > 0, peak, 1.0)
-        u, s, a, alpha = u * scale, s * scale, a * scale, alpha * scale
-        u_obs = rng.poisson(u).astype(np.float32)
-        s_obs = rng.poisson(s).astype(np.float32)
     else:
         scale = np.ones(n_genes)
-        sd_u = noise_level * u.max(axis=0)
-        sd_s = noise_level * s.max(axis=0)
-        u_obs = np.clip(u + rng.standard_normal(u.shape) * sd_u, 0.0, None).astype(np.float32)
-        s_obs = np.clip(s + rng.standard_normal(s.shape) * sd_s, 0.0, None).astype(np.float32)
-
-    velocity_u = a - beta * u
-    velocity_s = beta * u - gamma * s
+    alpha = alpha * scale
+    u_obs = np.empty((n_cells, n_genes), np.float32)
+    s_obs = np.empty((n_cells, n_genes), np.float32)
+    truth = {k: np.empty((n_cells, n_genes), np.float32) for k in TRUTH_LAYERS} if truth_layers else None
+    sd_u = sd_s = None
+    if noise == "gaussian":
+        u_max, s_max = _peak(alpha, beta, gamma, t_sw, t, per_layer=True)
+        sd_u, sd_s = noise_level * u_max, noise_level * s_max
+    # Cells in blocks: the float64 temporaries stay a block's size, whatever the number of cells.
+    # The noise of u is drawn for every cell before that of s (one random stream, in that order).
+    for layer, out in (("u", u_obs), ("s", s_obs)):
+        for lo in range(0, n_cells, BLOCK_CELLS):
+            hi = min(lo + BLOCK_CELLS, n_cells)
+            u, s, a = _states(alpha, beta, gamma, t_sw, t[lo:hi])
+            clean, sd = (u, sd_u) if layer == "u" else (s, sd_s)
+            if noise == "poisson":
+                out[lo:hi] = rng.poisson(clean)
+            else:
+                out[lo:hi] = np.clip(clean + rng.standard_normal(clean.shape) * sd, 0.0, None)
+            if truth is not None and layer == "u":
+                truth["true_spliced"][lo:hi] = s
+                truth["true_unspliced"][lo:hi] = u
+                truth["true_velocity"][lo:hi] = beta * u - gamma * s
+                truth["true_velocity_u"][lo:hi] = a - beta * u
 
     obs = pd.DataFrame({"true_time": t}, index=pd.Index([f"cell_{i}" for i in range(n_cells)]))
     var = pd.DataFrame(
@@ -161,15 +197,8 @@ def simulation(
         },
         index=pd.Index([f"gene_{j}" for j in range(n_genes)]),
     )
-    layers = {
-        "spliced": s_obs,
-        "unspliced": u_obs,
-        "true_spliced": s.astype(np.float32),
-        "true_unspliced": u.astype(np.float32),
-        "true_velocity": velocity_s.astype(np.float32),
-        "true_velocity_u": velocity_u.astype(np.float32),
-    }
-    adata = AnnData(X=s_obs.copy(), obs=obs, var=var, layers=layers)
+    layers = {"spliced": s_obs, "unspliced": u_obs, **(truth or {})}
+    adata = AnnData(X=s_obs.copy() if truth_layers else None, obs=obs, var=var, layers=layers)
     adata.uns["velode_dataset"] = {
         "name": "simulation",
         "n_cells": n_cells,
@@ -181,3 +210,19 @@ def simulation(
         "switch_range": [lo, hi],
     }
     return adata
+
+
+def simulation_truth(adata: AnnData, cells=None) -> dict:
+    """The noise-free layers of a :func:`simulation` for the cells ``cells`` (index or mask; all by default).
+
+    Recomputed from ``obs["true_time"]`` and the ``var["true_*"]`` columns (in the units of the stored
+    layers): ``{"true_spliced", "true_unspliced", "true_velocity", "true_velocity_u"}``, float32.
+    """
+    t = adata.obs["true_time"].to_numpy(np.float64)
+    if cells is not None:
+        t = t[cells]
+    v = {k: adata.var[f"true_{k}"].to_numpy(np.float64) for k in ("alpha", "beta", "gamma", "switch_time")}
+    u, s, a = _states(v["alpha"], v["beta"], v["gamma"], v["switch_time"], t)
+    f32 = lambda x: x.astype(np.float32)  # noqa: E731
+    return {"true_spliced": f32(s), "true_unspliced": f32(u), "true_velocity": f32(v["beta"] * u - v["gamma"] * s),
+            "true_velocity_u": f32(a - v["beta"] * u)}

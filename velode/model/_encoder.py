@@ -38,18 +38,41 @@ class TimeEncoder(eqx.Module):
         return jax.nn.sigmoid(jax.vmap(self.mlp)(features))
 
 
-def fit_feature_map(x, n_components: int = 30) -> FeatureMap:
-    """PCA (randomised SVD) of the gene-standardised matrix x (cells x inputs); numpy in, FeatureMap out."""
-    import numpy as np
+#: Above this many cells the principal axes are found on a random subset of this many cells (the
+#: standardisation still uses every cell), and cells are projected in blocks of this many.
+PCA_MAX_CELLS = 30_000
 
-    x = np.asarray(x, dtype=np.float64)
-    mean = x.mean(0)
-    scale = x.std(0)
-    scale = np.where(scale > 0, scale, 1.0)
-    z = (x - mean) / scale
-    k = int(max(1, min(n_components, z.shape[0] - 1, z.shape[1])))
+
+def fit_feature_map(x, n_components: int = 30, *, max_cells: int = PCA_MAX_CELLS, seed: int = 0) -> FeatureMap:
+    """PCA (randomised SVD) of the gene-standardised matrix x (cells x inputs); numpy in, FeatureMap out.
+
+    ``x`` may be a tuple of column blocks (e.g. ``(spliced, unspliced)``), which are joined one
+    block of cells at a time when there are more than ``max_cells`` cells, so memory stays near the
+    data's own.
+    """
+    import numpy as np
     from sklearn.utils.extmath import randomized_svd
 
+    blocks = tuple(x) if isinstance(x, (tuple, list)) else (x,)
+    n = blocks[0].shape[0]
+    if n <= max_cells:
+        x = np.concatenate([np.asarray(b, np.float64) for b in blocks], axis=1)
+        mean = x.mean(0)
+        scale = x.std(0)
+        sub = x
+    else:
+        total = sq = 0.0
+        for lo in range(0, n, max_cells):
+            part = np.concatenate([np.asarray(b[lo : lo + max_cells], np.float64) for b in blocks], axis=1)
+            total = total + part.sum(0)
+            sq = sq + (part**2).sum(0)
+        mean = total / n
+        scale = np.sqrt(np.maximum(sq / n - mean**2, 0.0))
+        pick = np.sort(np.random.default_rng(seed).choice(n, max_cells, replace=False))
+        sub = np.concatenate([np.asarray(b[pick], np.float64) for b in blocks], axis=1)
+    scale = np.where(scale > 0, scale, 1.0)
+    z = (sub - mean) / scale
+    k = int(max(1, min(n_components, z.shape[0] - 1, z.shape[1])))
     _, _, vt = randomized_svd(z, k, n_iter=4, random_state=0)
     comps = vt.T
     # Unit variance per feature, so the MLP's inputs are on one scale.
@@ -57,3 +80,14 @@ def fit_feature_map(x, n_components: int = 30) -> FeatureMap:
     comps = comps / np.maximum(proj.std(0), 1e-12)
     f32 = lambda a: jnp.asarray(a, jnp.float32)  # noqa: E731
     return FeatureMap(f32(mean), f32(scale), f32(comps))
+
+
+def project_cells(fmap: FeatureMap, blocks, *, block_cells: int = PCA_MAX_CELLS) -> jax.Array:
+    """``fmap`` applied to every cell of the column blocks (e.g. ``(spliced, unspliced)``), in blocks of cells."""
+    import numpy as np
+
+    n = blocks[0].shape[0]
+    join = lambda lo, hi: jnp.asarray(np.concatenate([np.asarray(b[lo:hi], np.float32) for b in blocks], axis=1))  # noqa: E731
+    if n <= block_cells:
+        return fmap(join(0, n))
+    return jnp.concatenate([fmap(join(lo, lo + block_cells)) for lo in range(0, n, block_cells)], axis=0)

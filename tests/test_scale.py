@@ -1,0 +1,56 @@
+"""Pieces that keep memory near the data's own size: blocked generation, statistics and projection."""
+
+import numpy as np
+import pytest
+
+import velode.datasets._simulation as sim
+from velode._fit import by_genes
+from velode.datasets import simulation, simulation_truth
+from velode.model._encoder import fit_feature_map, project_cells
+
+
+@pytest.mark.parametrize("noise", ["gaussian", "poisson"])
+def test_simulation_in_blocks_is_the_same_data(monkeypatch, noise):
+    whole = simulation(n_cells=300, n_genes=20, seed=4, noise=noise)
+    monkeypatch.setattr(sim, "BLOCK_CELLS", 64)  # 300 cells: 5 blocks, the last one short
+    blocked = simulation(n_cells=300, n_genes=20, seed=4, noise=noise)
+    for key in whole.layers:
+        np.testing.assert_array_equal(blocked.layers[key], whole.layers[key])
+    np.testing.assert_array_equal(blocked.var.to_numpy(), whole.var.to_numpy())
+
+
+def test_simulation_without_truth_layers_recomputes_them():
+    full = simulation(n_cells=200, n_genes=15, seed=1, noise="poisson")
+    lean = simulation(n_cells=200, n_genes=15, seed=1, noise="poisson", truth_layers=False)
+    assert set(lean.layers) == {"spliced", "unspliced"} and lean.X is None
+    np.testing.assert_array_equal(lean.layers["spliced"], full.layers["spliced"])
+    cells = np.arange(50, 90)
+    truth = simulation_truth(lean, cells)
+    for key, value in truth.items():
+        np.testing.assert_allclose(value, full.layers[key][cells], rtol=1e-6, atol=1e-6)
+
+
+def test_per_gene_statistics_in_blocks_match_whole_matrix():
+    x = np.random.default_rng(0).gamma(2.0, size=(500, 700)).astype(np.float32)
+    np.testing.assert_array_equal(by_genes(lambda a: np.quantile(a, 0.98, axis=0), x, block=128),
+                                  np.quantile(x, 0.98, axis=0))
+    np.testing.assert_array_equal(by_genes(lambda a: a.std(0), x, block=100), x.std(0))
+
+
+def test_feature_map_of_many_cells_uses_every_cell_for_scaling():
+    rng = np.random.default_rng(1)
+    latent = rng.normal(size=(900, 2)) * [3.0, 2.0]  # two strong directions, then noise
+    s = (5 + latent @ rng.normal(size=(2, 40)) + rng.normal(size=(900, 40))).astype(np.float32)
+    u = (5 + latent @ rng.normal(size=(2, 40)) + rng.normal(size=(900, 40))).astype(np.float32)
+    exact = fit_feature_map((s, u), 5)
+    blocked = fit_feature_map((s, u), 5, max_cells=200)  # statistics in blocks, axes from 200 cells
+    np.testing.assert_allclose(np.asarray(blocked.mean), np.asarray(exact.mean), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(blocked.scale), np.asarray(exact.scale), rtol=1e-4)
+    # The axes of 200 random cells span nearly the same leading subspace as those of all 900.
+    a, b = np.asarray(exact.components), np.asarray(blocked.components)
+    a, b = np.linalg.qr(a)[0], np.linalg.qr(b)[0]
+    cos = np.linalg.svd(a[:, :2].T @ b, compute_uv=False)
+    assert cos.min() > 0.9
+    # Cells projected in blocks are projected exactly as all at once.
+    np.testing.assert_allclose(np.asarray(project_cells(exact, (s, u), block_cells=128)),
+                               np.asarray(project_cells(exact, (s, u))), rtol=1e-5, atol=1e-5)
