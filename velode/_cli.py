@@ -89,6 +89,12 @@ def _fail(out_dir: Path, reason: str, message: str, multirun: bool, overrides: l
 
 
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "predict":  # `velode predict ...`: the second app (conf/predict.yaml)
+        from ._predict_run import app
+
+        del sys.argv[1]
+        app()
+        return
     _app()
 
 

@@ -176,6 +176,7 @@ def run(cfg: DictConfig, out_dir: Path, overrides: list[str] | None = None) -> d
     if cfg.plots:
         _plots(adata, result, cfg, out_dir, cluster_key)
     _outputs.write_json(out_dir / "history.json", {k: [float(x) for x in v] for k, v in result.state.history.items()})
+    tl.save_model(result, out_dir, adata)  # model.eqx + model.json, for `velode predict model_dir=...`
     _outputs.write_h5ad(out_dir / "velocity.h5ad", adata)
     out["total_seconds"] = time.perf_counter() - t_total
     _outputs.write_json(out_dir / "metrics.json", out)
@@ -184,7 +185,7 @@ def run(cfg: DictConfig, out_dir: Path, overrides: list[str] | None = None) -> d
 
 
 # What a run leaves in its folder that another run would replace (figures aside).
-RUN_OUTPUTS = ("velocity.h5ad", "metrics.json", "history.json")
+RUN_OUTPUTS = ("velocity.h5ad", "metrics.json", "history.json", "model.eqx", "model.json")
 
 
 def check_run_folder(out_dir: Path, *, resume: bool, overwrite: bool, dir_key: str = "hydra.run.dir") -> dict | None:
