@@ -31,6 +31,8 @@ def test_default_synthetic_run_writes_outputs(tmp_path):
     assert metrics["status"] == "ok"
     assert 0 < metrics["steps"] <= 80
     assert metrics["compile_seconds"] <= metrics["fit_seconds"]
+    # Peak resident memory of the run: at least what JAX and the data took, far below the machine's.
+    assert 100 < metrics["peak_rss_mb"] < 16_000
     a = ad.read_h5ad(out / "velocity.h5ad")
     assert a.shape == (120, 30)
     assert a.layers["velocity"].shape == a.shape and np.isfinite(a.layers["velocity"]).all()

@@ -66,6 +66,15 @@ def _cluster_key(adata: AnnData, cfg: DictConfig) -> str | None:
     return key
 
 
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MiB (ru_maxrss: KiB on Linux, bytes on macOS)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
+
+
 def versions() -> dict:
     """Versions of velode and of the numerical stack it ran on."""
     import diffrax
@@ -179,6 +188,7 @@ def run(cfg: DictConfig, out_dir: Path, overrides: list[str] | None = None) -> d
     tl.save_model(result, out_dir, adata)  # model.eqx + model.json, for `velode predict model_dir=...`
     _outputs.write_h5ad(out_dir / "velocity.h5ad", adata)
     out["total_seconds"] = time.perf_counter() - t_total
+    out["peak_rss_mb"] = peak_rss_mb()
     _outputs.write_json(out_dir / "metrics.json", out)
     _checkpoint.remove(out_dir)
     return out

@@ -39,6 +39,8 @@ class TrainerConfig:
     log_every: int = 10
     chunk_size: int = 128  # cells per chunk of the loss (cache-sized; see loss_terms)
     checkpoint_every: int = 100  # steps between checkpoints (with a checkpoint directory; 0: none)
+    # Devices the cells of each step are split over (data parallel, jax.sharding); None: every device JAX sees.
+    devices: int | None = None
     resume: bool = False  # go on from the checkpoint in the checkpoint directory, if there is one
 
 
@@ -86,13 +88,16 @@ def padded_rows(rows, chunk: int):
 
 
 def loss_terms(model, features, obs_u, obs_s, rows, mask, inv_sd_u, inv_sd_s, gene_weight, integrator, loss_cfg,
-               chunk):
+               chunk, n_cells=None):
     """Weighted loss and its terms over the cells ``rows`` (weighted by ``mask``), in chunks of cells.
 
     ``features``, ``obs_u``, ``obs_s`` hold every cell; ``rows`` (a multiple of ``chunk`` long) picks
     the cells of this pass. The step is memory-bound: a scan over chunks of ``chunk`` cells, each
     gathered and rematerialised in the backward pass (jax.checkpoint), keeps the cells x genes
     temporaries in cache instead of writing dozens of full-size arrays, and never copies the data.
+
+    ``n_cells``: the number of cells the terms are averaged over (default: ``sum(mask)``); a device
+    holding part of a batch passes the whole batch's, so the parts' losses add up to the batch's.
     """
     project = loss_cfg.consistency_weight != 0
     h = loss_cfg.horizon
@@ -127,7 +132,7 @@ def loss_terms(model, features, obs_u, obs_s, rows, mask, inv_sd_u, inv_sd_s, ge
         None if z is None else z.reshape(n_chunks, chunk, z.shape[1]),
     )
     (rec, cons), _ = jax.lax.scan(jax.checkpoint(body), (jnp.zeros(()), jnp.zeros(())), xs)
-    n_cells = jnp.sum(mask)
+    n_cells = jnp.sum(mask) if n_cells is None else n_cells
     terms = {"reconstruction": 0.5 * rec / (n_cells * jnp.maximum(jnp.sum(gene_weight), 1e-8))}
     if project:
         terms["consistency"] = cons / n_cells
@@ -143,7 +148,12 @@ OPTIMIZERS = ("adam", "adamw", "adabelief", "amsgrad", "lion", "nadam", "radam",
 
 
 def check_trainer(cfg: TrainerConfig) -> None:
-    """ConfigError for an optimiser or a learning-rate schedule velode does not know."""
+    """ConfigError for an optimiser, a learning-rate schedule or a number of devices velode cannot use."""
+    if cfg.devices is not None and not 1 <= cfg.devices <= jax.device_count():
+        raise ConfigError(
+            f"trainer.devices={cfg.devices}, but JAX sees {jax.device_count()} device(s): give a number from 1 to "
+            f"{jax.device_count()}, or null for all of them"
+        )
     if cfg.optimizer not in OPTIMIZERS:
         raise ConfigError(f"unknown trainer.optimizer {cfg.optimizer!r}: choose one of {list(OPTIMIZERS)}")
     if cfg.schedule not in ("cosine", "constant"):
@@ -199,6 +209,52 @@ def _step(model, opt_state, rows, mask, data_arrays, optimizer, integrator, loss
     return model, opt_state, loss, terms, info
 
 
+def device_mesh(cfg: TrainerConfig):
+    """The mesh of devices the cells of a step are split over, or None for one device."""
+    n = jax.device_count() if cfg.devices is None else int(cfg.devices)
+    if n <= 1:
+        return None
+    return jax.sharding.Mesh(np.asarray(jax.devices()[:n]), ("cells",))
+
+
+@eqx.filter_jit
+def _step_sharded(model, opt_state, rows, mask, data_arrays, optimizer, integrator, loss_cfg, chunk, mesh):
+    """:func:`_step` with the step's cells split over the devices of ``mesh`` (data parallel).
+
+    Every device holds the model and the data and takes its contiguous share of ``rows``; the
+    shares' losses and gradients (each averaged over the whole batch) are summed across devices,
+    so the update is the one-device update up to the order of floating-point sums.
+    """
+    from jax.sharding import PartitionSpec as P
+
+    features, obs_u, obs_s, _, _, inv_sd_u, inv_sd_s, gene_weight = data_arrays
+    params, static = eqx.partition(model, eqx.is_array)
+
+    def share(params, rows, mask, features, obs_u, obs_s, inv_sd_u, inv_sd_s, gene_weight):
+        n_cells = jax.lax.psum(jnp.sum(mask), "cells")
+
+        def loss(p):
+            return loss_terms(eqx.combine(p, static), features, obs_u, obs_s, rows, mask, inv_sd_u, inv_sd_s,
+                              gene_weight, integrator, loss_cfg, chunk, n_cells)
+
+        (value, (terms, info)), grads = jax.value_and_grad(loss, has_aux=True)(params)
+        total = lambda x: jax.lax.psum(x, "cells")  # noqa: E731
+        # Every device solves the same genes' ODE: its step counts are the solve's, not a share of them.
+        info = type(info)(jax.lax.pmin(info.ok.astype(jnp.int32), "cells").astype(bool),
+                          *(jax.lax.pmax(getattr(info, k), "cells")
+                            for k in ("num_steps", "num_accepted_steps", "num_rejected_steps")))
+        return total(value), jax.tree_util.tree_map(total, terms), info, jax.tree_util.tree_map(total, grads)
+
+    rep = P()
+    loss, terms, info, grads = jax.shard_map(
+        share, mesh=mesh, in_specs=(rep, P("cells"), P("cells"), rep, rep, rep, rep, rep, rep),
+        out_specs=(rep, rep, rep, rep), check_vma=False,
+    )(params, rows, mask, features, obs_u, obs_s, inv_sd_u, inv_sd_s, gene_weight)
+    updates, opt_state = optimizer.update(grads, opt_state, eqx.filter(model, eqx.is_inexact_array))
+    model = eqx.apply_updates(model, updates)
+    return model, opt_state, loss, terms, info
+
+
 def solver_failure_message(integrator: Integrator, where: str) -> str:
     name = type(integrator.solver).__name__
     return (
@@ -240,6 +296,12 @@ class Trainer:
         self.loss_cfg = loss_cfg
         self.cfg = cfg
         self.optimizer = make_optimizer(model, cfg, step_offset, freeze_encoder=freeze_encoder)
+        self.mesh = device_mesh(cfg)
+        if self.mesh is not None and loss_cfg.time_prior_weight:
+            raise ConfigError(
+                "loss.time_prior_weight compares the times of a whole batch, which is split over "
+                f"{self.mesh.size} devices: set trainer.devices=1 to use it"
+            )
         self.compiled = False
         self.compile_seconds = 0.0  # wall time of the first step (compilation and one step)
         self.run_seconds = 0.0  # wall time of every run() of this trainer, compilation included
@@ -278,8 +340,17 @@ class Trainer:
         n = data.n_cells
         batch = None if cfg.batch_size is None or cfg.batch_size >= n else int(cfg.batch_size)
         chunk = data.chunk if batch is None else int(min(data.chunk, batch))
-        pad = 0 if batch is None else (-batch) % chunk
+        mesh, n_dev = self.mesh, 1 if self.mesh is None else self.mesh.size
+        # Each device takes an equal share of the step's cells, a whole number of chunks.
+        pad = 0 if batch is None else (-batch) % (chunk * n_dev)
         batch_mask = None if batch is None else jnp.concatenate([jnp.ones(batch), jnp.zeros(pad)])
+        all_rows, all_mask = data.rows, data.mask
+        if mesh is not None:
+            from jax.sharding import NamedSharding, PartitionSpec
+
+            arrays = jax.device_put(arrays, NamedSharding(mesh, PartitionSpec()))  # once, on every device
+            if batch is None:
+                all_rows, all_mask = padded_rows(np.arange(n), chunk * n_dev)
         hist = state.history["total"]
         # Plateau detection on an exponential average over about one epoch of minibatch losses
         # (the raw loss itself with full batches), so minibatch noise does not stop a fit early.
@@ -298,7 +369,7 @@ class Trainer:
         prev = None  # model and optimiser state before the last update: their loss was finite
         try:
             while state.step < until and state.status != "diverged":  # a diverged fit takes no more steps
-                rows, mask = data.rows, data.mask
+                rows, mask = all_rows, all_mask
                 if batch is not None:
                     if pos + batch > n:
                         state.key, sub = jax.random.split(state.key)
@@ -306,9 +377,12 @@ class Trainer:
                     rows, mask = jnp.concatenate([perm[pos : pos + batch], jnp.zeros(pad, perm.dtype)]), batch_mask
                     pos += batch
                 t0 = time.perf_counter()
-                model, opt_state, loss, terms, info = _step(
-                    state.model, state.opt_state, rows, mask, arrays, self.optimizer, self.integrator, self.loss_cfg, chunk
-                )
+                step_args = (state.model, state.opt_state, rows, mask, arrays, self.optimizer, self.integrator,
+                             self.loss_cfg, chunk)
+                if mesh is None:
+                    model, opt_state, loss, terms, info = _step(*step_args)
+                else:
+                    model, opt_state, loss, terms, info = _step_sharded(*step_args, mesh)
                 loss = float(loss)
                 if not self.compiled:
                     self.compile_seconds = time.perf_counter() - t0

@@ -1,0 +1,66 @@
+"""Data parallelism over cells: the same fit on two (forced host) devices as on one."""
+
+import subprocess
+import sys
+import textwrap
+
+SCRIPT = textwrap.dedent(
+    """
+    import os
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+    import json
+    import jax
+    import numpy as np
+    import velode
+    from velode.datasets import simulation
+
+    assert jax.device_count() == 2
+    out = {}
+    for devices in (1, 2):
+        for batch in (200, None):  # minibatches (an odd share per device is padded) and the full batch
+            a = simulation(n_cells=450, n_genes=30, seed=2)
+            a.layers["Ms"], a.layers["Mu"] = a.layers["spliced"], a.layers["unspliced"]
+            r = velode.tl.fit(a, trainer={"max_steps": 80, "devices": devices, "batch_size": batch, "progress": False},
+                              model={"probe_steps": 15, "assign_rounds": 0, "pretrain_steps": 40, "cell_rank": 0})
+            out[f"{devices}-{batch}"] = {
+                "time": a.obs["latent_time"].tolist(), "velocity": a.layers["velocity"][:50].tolist(),
+                "history": r.state.history["total"], "alpha": a.var["fit_alpha"].tolist(),
+            }
+    print(json.dumps(out))
+    """
+)
+
+
+def test_two_devices_give_the_one_device_fit():
+    import json
+
+    import numpy as np
+
+    proc = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    for batch in ("200", "None"):
+        one, two = out[f"1-{batch}"], out[f"2-{batch}"]
+        assert len(one["history"]) == len(two["history"]) == 80
+        # Only the order of floating-point sums differs; 80 Adam steps carry it along a little. (Time
+        # assignment on a grid is left out: an argmin may flip by one grid point for such a difference.)
+        np.testing.assert_allclose(two["history"], one["history"], rtol=1e-3)
+        np.testing.assert_allclose(two["time"], one["time"], atol=1e-3)
+        np.testing.assert_allclose(two["alpha"], one["alpha"], rtol=1e-3)
+        scale = np.abs(np.asarray(one["velocity"])).max()
+        np.testing.assert_allclose(two["velocity"], one["velocity"], atol=1e-3 * scale)
+    # ... while the two batch modes are different fits: the comparison above can fail.
+    assert np.abs(np.asarray(out["1-200"]["history"]) - np.asarray(out["1-None"]["history"])).max() > 1e-3
+
+
+def test_more_devices_than_jax_sees_is_a_config_error():
+    import pytest
+
+    import velode
+    from velode._errors import ConfigError
+    from velode.datasets import simulation
+
+    a = simulation(n_cells=50, n_genes=5, seed=0)
+    a.layers["Ms"], a.layers["Mu"] = a.layers["spliced"], a.layers["unspliced"]
+    with pytest.raises(ConfigError, match="trainer.devices=64"):
+        velode.tl.fit(a, trainer={"devices": 64})
