@@ -20,10 +20,10 @@ import optax
 
 from ._checkpoint import PHASES, Checkpointer, fingerprint, position
 from ._errors import ConfigError
-from ._train import LossConfig, Trainer, TrainerConfig, TrainData, TrainState, loss_terms, loss_value
+from ._train import LossConfig, Trainer, TrainerConfig, TrainData, TrainState, loss_value
 from .model._encoder import TimeEncoder, fit_feature_map, project_cells
 from .model._kinetics import DynamicalKinetics, StandardKinetics
-from .model._model import CellModulator, VelocityModel, predict
+from .model._model import CellModulator, VelocityModel
 from .model._solve import Integrator, evaluate
 
 KINETICS = {"standard": StandardKinetics, "dynamical": DynamicalKinetics}
@@ -410,11 +410,3 @@ def assign_times(kinetics, data: TrainData, integrator: Integrator, n_grid: int,
                     data.gene_weight, integrator, n_grid)
         out.append(t[: min(size, n - lo)])
     return out[0] if len(out) == 1 else jnp.concatenate(out)
-
-
-def evaluate_fit(result: FitResult, *, project: bool = True):
-    """Prediction for all cells of the fitted model (numpy arrays in a dict)."""
-    pred = eqx.filter_jit(predict)(
-        result.model, result.data.features[: result.data.n_cells], result.integrator, horizon=result.loss_cfg.horizon, project=project
-    )
-    return pred

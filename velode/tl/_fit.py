@@ -5,14 +5,13 @@ import numbers
 import typing
 
 import diffrax
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 from anndata import AnnData
 
 from .._errors import ConfigError, InputError
-from .._fit import KINETICS, FitResult, ModelConfig, evaluate_fit, fit_arrays
+from .._fit import CELL_BLOCK, KINETICS, FitResult, ModelConfig, fit_arrays
 from .._io import check_obs_key
 from .._train import LossConfig, TrainerConfig, check_trainer, loss_value
 from ..model._kinetics import DynamicalKinetics, StandardKinetics
@@ -107,16 +106,6 @@ def _check_layer(adata: AnnData, key: str) -> np.ndarray:
     return x
 
 
-def gene_r2(obs_u, obs_s, pred_u, pred_s) -> np.ndarray:
-    """Per-gene coefficient of determination of the joint (u, s) fit, each layer scaled by its variance."""
-    def one(obs, pred):
-        var = obs.var(0)
-        res = ((obs - pred) ** 2).mean(0)
-        return np.where(var > 0, res / np.maximum(var, 1e-12), np.inf)
-
-    return 1.0 - 0.5 * (one(obs_u, pred_u) + one(obs_s, pred_s))
-
-
 def fit(
     adata: AnnData,
     *,
@@ -190,28 +179,29 @@ def fit(
 
 def write_result(adata: AnnData, result: FitResult, obs_s, obs_u, *, r2_min: float) -> None:
     """Write a fit's outputs into ``adata`` under scVelo's key names."""
-    pred = evaluate_fit(result, project=True)
-    if not bool(pred.info.ok):
+    from ._predict import evaluate_cells
+
+    # Every output in blocks of cells, into float32 arrays: JAX holds one block's temporaries at a time.
+    layers, latent_time, cell_z, r2, ok = evaluate_cells(
+        result.model, result.integrator, obs_s, obs_u, horizon=result.loss_cfg.horizon, project=True,
+        batch_size=CELL_BLOCK,
+    )
+    if not ok:
         from .._train import solver_failure_message
         from .._errors import SolverError
 
         raise SolverError(solver_failure_message(result.integrator, "when evaluating the fitted model"))
     kin = result.model.kinetics
     np_ = lambda x: np.asarray(jax.device_get(x), dtype=np.float32)  # noqa: E731
-    fit_u, fit_s = np_(pred.unspliced), np_(pred.spliced)
-    r2 = gene_r2(obs_u, obs_s, fit_u, fit_s)
-    velocity, velocity_u = np_(pred.velocity), np_(pred.velocity_u)
-    if not (np.all(np.isfinite(velocity)) and np.all(np.isfinite(fit_s))):
+    if not (np.all(np.isfinite(layers["velocity"])) and np.all(np.isfinite(layers["fit_s"]))):
         from .._errors import SolverError
 
         raise SolverError("the fitted model gives non-finite velocities: lower trainer.lr or check the input data")
-    adata.layers["velocity"] = velocity
-    adata.layers["velocity_u"] = velocity_u
-    adata.layers["fit_s"] = fit_s
-    adata.layers["fit_u"] = fit_u
+    for key in ("velocity", "velocity_u", "fit_s", "fit_u"):
+        adata.layers[key] = layers[key]
     # Each cell's spliced state carried forward by loss.horizon of latent time along the fitted kinetics.
-    adata.layers["projected_spliced"] = np_(pred.projected_spliced)
-    adata.obs["latent_time"] = np_(pred.latent_time)
+    adata.layers["projected_spliced"] = layers["projected_spliced"]
+    adata.obs["latent_time"] = latent_time
     adata.var["fit_alpha"] = np_(kin.alpha)
     adata.var["fit_beta"] = np_(kin.beta)
     adata.var["fit_gamma"] = np_(kin.gamma)
@@ -229,7 +219,7 @@ def write_result(adata: AnnData, result: FitResult, obs_s, obs_u, *, r2_min: flo
     if mod is not None:
         # Cell-specific transcription: alpha of cell c, gene g = fit_alpha_g * exp(b tanh(z_c . w_g / b))
         # (velode.tl.cell_alpha), b = uns["velode"]["cell_bound"].
-        adata.obsm["velode_cell_z"] = np_(mod.embed(result.data.features[: result.data.n_cells]))
+        adata.obsm["velode_cell_z"] = cell_z
         adata.varm["velode_cell_loadings"] = np_(mod.loadings).T
     adata.var["fit_r2"] = r2.astype(np.float32)
     adata.var["velocity_genes"] = np.isfinite(r2) & (r2 > r2_min)

@@ -287,6 +287,48 @@ def _predict_batch(model: VelocityModel, x, integrator: Integrator, horizon: flo
     return pred, z
 
 
+def evaluate_cells(model: VelocityModel, integrator: Integrator, obs_s, obs_u, *, horizon: float, project: bool,
+                   batch_size: int = 4096):
+    """The model's outputs for every cell of ``obs_s``, ``obs_u`` (cells x genes), ``batch_size`` cells at a time.
+
+    Returns (layers: velocity, velocity_u, fit_s, fit_u and, if ``project``, projected_spliced, as
+    float32 numpy arrays; latent time; the cell factors of a cell modulator or None; per-gene R^2 of
+    the fit on these cells; whether every solve succeeded). JAX never holds more than ``batch_size``
+    x genes of temporaries.
+    """
+    n, g = obs_s.shape
+    rows = int(min(batch_size, n))
+    keys = ["velocity", "velocity_u", "fit_s", "fit_u"] + (["projected_spliced"] if project else [])
+    res = {k: np.empty((n, g), np.float32) for k in keys}
+    latent = np.empty(n, np.float32)
+    cell_z = None if model.modulator is None else np.empty((n, model.modulator.proj.shape[0]), np.float32)
+    # Per-gene sums for the R^2 on these cells (float64): squared deviation from the mean, squared residual.
+    means = (obs_u.mean(0, dtype=np.float64), obs_s.mean(0, dtype=np.float64))
+    sums = np.zeros((4, g), np.float64)
+    ok = True
+    for start in range(0, n, rows):
+        stop = min(start + rows, n)
+        x = np.zeros((rows, 2 * g), np.float32)  # the last batch is padded, so one compilation serves all
+        x[: stop - start, :g] = obs_s[start:stop]
+        x[: stop - start, g:] = obs_u[start:stop]
+        pred, z = _predict_batch(model, jnp.asarray(x), integrator, horizon, project)
+        ok = ok and bool(pred.info.ok)
+        m = stop - start
+        got = {"velocity": pred.velocity, "velocity_u": pred.velocity_u, "fit_s": pred.spliced,
+               "fit_u": pred.unspliced, "projected_spliced": pred.projected_spliced}
+        for k in keys:
+            res[k][start:stop] = np.asarray(got[k][:m])
+        latent[start:stop] = np.asarray(pred.latent_time[:m])
+        if cell_z is not None:
+            cell_z[start:stop] = np.asarray(z[:m])
+        for j, (o, p) in enumerate(((obs_u[start:stop], res["fit_u"][start:stop]),
+                                    (obs_s[start:stop], res["fit_s"][start:stop]))):
+            o64 = o.astype(np.float64)
+            sums[2 * j] += ((o64 - means[j]) ** 2).sum(0)
+            sums[2 * j + 1] += ((o64 - p) ** 2).sum(0)
+    return res, latent, cell_z, _r2_from_sums(sums, n), ok
+
+
 def _fitted(model_or_path) -> FittedModel:
     if isinstance(model_or_path, FittedModel):
         return model_or_path
@@ -340,39 +382,14 @@ def predict(adata: AnnData, model_or_path, *, batch_size: int = 4096, spliced_ke
     obs_u = _check_layer(view, unspliced_key)
     out = adata if same else view.copy()
 
-    n, g = obs_s.shape
     model, integrator = fm.model, fm.integrator
     project = fm.horizon is not None
     horizon = float(fm.horizon) if project else 0.0
+    n = obs_s.shape[0]
     rows = int(min(batch_size, n))
     keys = ["velocity", "velocity_u", "fit_s", "fit_u"] + (["projected_spliced"] if project else [])
-    res = {k: np.empty((n, g), np.float32) for k in keys}
-    latent = np.empty(n, np.float32)
-    cell_z = None if model.modulator is None else np.empty((n, model.modulator.proj.shape[0]), np.float32)
-    # Per-gene sums for the R^2 on these cells (float64): squared deviation from the mean, squared residual.
-    means = (obs_u.mean(0, dtype=np.float64), obs_s.mean(0, dtype=np.float64))
-    sums = np.zeros((4, g), np.float64)
-    ok = True
-    for start in range(0, n, rows):
-        stop = min(start + rows, n)
-        x = np.zeros((rows, 2 * g), np.float32)  # the last batch is padded, so one compilation serves all
-        x[: stop - start, :g] = obs_s[start:stop]
-        x[: stop - start, g:] = obs_u[start:stop]
-        pred, z = _predict_batch(model, jnp.asarray(x), integrator, horizon, project)
-        ok = ok and bool(pred.info.ok)
-        m = stop - start
-        got = {"velocity": pred.velocity, "velocity_u": pred.velocity_u, "fit_s": pred.spliced,
-               "fit_u": pred.unspliced, "projected_spliced": pred.projected_spliced}
-        for k in keys:
-            res[k][start:stop] = np.asarray(got[k][:m])
-        latent[start:stop] = np.asarray(pred.latent_time[:m])
-        if cell_z is not None:
-            cell_z[start:stop] = np.asarray(z[:m])
-        for j, (o, p) in enumerate(((obs_u[start:stop], res["fit_u"][start:stop]),
-                                    (obs_s[start:stop], res["fit_s"][start:stop]))):
-            o64 = o.astype(np.float64)
-            sums[2 * j] += ((o64 - means[j]) ** 2).sum(0)
-            sums[2 * j + 1] += ((o64 - p) ** 2).sum(0)
+    res, latent, cell_z, r2, ok = evaluate_cells(model, integrator, obs_s, obs_u, horizon=horizon, project=project,
+                                                 batch_size=rows)
     if not ok:
         from .._train import solver_failure_message
 
@@ -392,7 +409,6 @@ def predict(adata: AnnData, model_or_path, *, batch_size: int = 4096, spliced_ke
         out.obsm["velode_cell_z"] = cell_z
         out.varm["velode_cell_loadings"] = np.asarray(model.modulator.loadings, np.float32).T
     _write_genes(out, fm)
-    r2 = _r2_from_sums(sums, n)
     out.var["predict_r2"] = r2.astype(np.float32)
     if fm.velocity_genes is not None:
         out.var["velocity_genes"] = np.asarray(fm.velocity_genes, bool)
@@ -444,7 +460,7 @@ def _write_genes(out: AnnData, fm: FittedModel) -> None:
 
 
 def _r2_from_sums(sums: np.ndarray, n: int) -> np.ndarray:
-    """velode.tl._fit.gene_r2 from per-gene sums of (x - mean)^2 and (x - fit)^2 of u (rows 0-1) and s (rows 2-3)."""
+    """Per-gene R^2 of the joint (u, s) fit, each layer scaled by its variance, from per-gene sums of (x - mean)^2 and (x - fit)^2 of u (rows 0-1) and s (rows 2-3)."""
     def one(dev, res):
         var = dev / n
         return np.where(var > 0, (res / n) / np.maximum(var, 1e-12), np.inf)
