@@ -51,7 +51,8 @@ def test_preprocess_none_fits_layers_as_given():
     np.testing.assert_array_equal(out.layers["Ms"], adata.layers["spliced"])
     np.testing.assert_array_equal(out.layers["Mu"], adata.layers["unspliced"])
     assert out.layers["Ms"].dtype == np.float32 and isinstance(out.layers["Ms"], np.ndarray)
-    assert out.layers["Ms"] is not out.layers["spliced"]
+    # Dense float32 layers are fitted as they are: the same arrays, no second copy of the data.
+    assert out.layers["Ms"] is out.layers["spliced"] and out.layers["Mu"] is out.layers["unspliced"]
     assert out.obsm["X_pca"].shape == (120, 14)
     assert out.obsp["connectivities"].shape == (120, 120)
     assert "neighbors" in out.uns

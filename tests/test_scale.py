@@ -54,3 +54,19 @@ def test_feature_map_of_many_cells_uses_every_cell_for_scaling():
     # Cells projected in blocks are projected exactly as all at once.
     np.testing.assert_allclose(np.asarray(project_cells(exact, (s, u), block_cells=128)),
                                np.asarray(project_cells(exact, (s, u))), rtol=1e-5, atol=1e-5)
+
+
+def test_truth_metrics_without_truth_layers_match_with_them():
+    import velode
+
+    a = simulation(n_cells=400, n_genes=15, seed=1)
+    a.layers["Ms"], a.layers["Mu"] = a.layers["spliced"], a.layers["unspliced"]
+    velode.tl.fit(a, trainer={"max_steps": 40, "progress": False},
+                  model={"probe_steps": 10, "assign_rounds": 0, "pretrain_steps": 20})
+    with_layers = velode.metrics.truth_metrics(a)
+    for key in sim.TRUTH_LAYERS:
+        del a.layers[key]
+    without = velode.metrics.truth_metrics(a)
+    assert set(without) == set(with_layers)
+    for key, value in with_layers.items():
+        assert without[key] == pytest.approx(value, rel=1e-6), key

@@ -17,6 +17,40 @@ from .model._stats import num_vf_evals
 log = logging.getLogger("velode")
 
 DATASETS = ("synthetic", "simulation", "pancreas", "h5ad")
+# Keys read (with .get) from the data group of any dataset, beyond those of the dataset's own option file.
+_OPTIONAL_DATA_KEYS = {"stage_order"}
+
+
+def _option_keys(group: str) -> dict[str, set[str]]:
+    """The keys of each option of a config group in velode's conf/, by the option's ``name``."""
+    out = {}
+    for path in sorted((Path(__file__).resolve().parent.parent / "conf" / group).glob("*.yaml")):
+        node = OmegaConf.load(path)
+        node = node[group] if group in node else node  # a "@package _global_" option holds its group's node
+        out[str(node.get("name", path.stem))] = set(node) - {"defaults"}
+    return out
+
+
+def check_group_keys(cfg: DictConfig) -> None:
+    """ConfigError naming a key of the data, preprocess or solver group that no option of the group has
+    (data: that the chosen dataset's option does not have), e.g. one appended with +data.foo=1, which
+    would otherwise be ignored. Model, loss and trainer keys: tl._fit.check_settings."""
+    for group in ("data", "preprocess", "solver"):
+        node = cfg.get(group)
+        if node is None:
+            continue
+        options = _option_keys(group)
+        which = ""
+        if group == "data":
+            if node.get("name") not in options:
+                continue  # load_data names the datasets
+            known = options[node.name] | _OPTIONAL_DATA_KEYS
+            which = f" for data={node.name}"
+        else:
+            known = set().union(*options.values())
+        unknown = sorted(set(node) - known)
+        if unknown:
+            raise ConfigError(f"unknown {group} option(s) {unknown}{which}: known options are {sorted(known)}")
 
 
 def load_data(cfg: DictConfig) -> AnnData:
@@ -26,7 +60,8 @@ def load_data(cfg: DictConfig) -> AnnData:
         return datasets.synthetic(n_cells=cfg.n_cells, n_genes=cfg.n_genes, seed=cfg.seed)
     if name == "simulation":
         return datasets.simulation(
-            n_cells=cfg.n_cells, n_genes=cfg.n_genes, seed=cfg.seed, noise=cfg.noise, noise_level=cfg.noise_level
+            n_cells=cfg.n_cells, n_genes=cfg.n_genes, seed=cfg.seed, noise=cfg.noise, noise_level=cfg.noise_level,
+            truth_layers=cfg.get("truth_layers", True),
         )
     if name in ("pancreas", "h5ad"):
         return read(cfg.path)
@@ -104,6 +139,7 @@ def run(cfg: DictConfig, out_dir: Path, overrides: list[str] | None = None) -> d
     settings = {"model": model_cfg, "loss": OmegaConf.to_container(cfg.loss, resolve=True),
                 "trainer": OmegaConf.to_container(cfg.trainer, resolve=True)}
     check_settings(kinetics=kinetics, max_steps=cfg.solver.max_steps, n_grid=cfg.solver.n_grid, **settings)
+    check_group_keys(cfg)
     adata = load_data(cfg.data)
     log.info("data: %s, %d cells x %d genes", cfg.data.name, adata.n_obs, adata.n_vars)
     cluster_key = _cluster_key(adata, cfg)
@@ -115,6 +151,7 @@ def run(cfg: DictConfig, out_dir: Path, overrides: list[str] | None = None) -> d
     adata = pp.preprocess(
         adata, method=p.method, min_shared_counts=p.min_shared_counts, n_top_genes=p.n_top_genes, n_pcs=p.n_pcs,
         n_neighbors=p.n_neighbors, genes=genes if genes is None or isinstance(genes, str) else list(genes),
+        copy=False,  # the data as read are not needed afterwards: no second copy of every layer
     )
     preprocess_seconds = time.perf_counter() - t0
     log.info("preprocessed (%s) in %.1f s: %d genes", p.method, preprocess_seconds, adata.n_vars)

@@ -91,7 +91,7 @@ def _log1p(x):
 def _to_dense32(x) -> np.ndarray:
     if sp.issparse(x):
         return x.toarray().astype(np.float32, copy=False)
-    return np.array(x, dtype=np.float32, copy=True)
+    return np.asarray(x, dtype=np.float32)  # no copy of what already is dense float32
 
 
 def _highly_variable(x, var_names, n_top_genes: int):
@@ -310,7 +310,8 @@ def preprocess(
 
     ``method="scvelo"``: :func:`filter_and_normalize` then :func:`moments`.
     ``method="none"``: fit the layers exactly as given: ``layers["Ms"]`` and ``layers["Mu"]`` are
-    dense float32 copies of ``layers["spliced"]`` and ``layers["unspliced"]``; ``X`` is set to
+    ``layers["spliced"]`` and ``layers["unspliced"]`` as dense float32 (the same arrays, not copies,
+    when they already are); ``X`` is set to
     the spliced layer if it is empty; ``obsm["X_pca"]`` (PCA of ``log1p`` of the spliced layer)
     and the kNN graph are computed for embeddings and plots when there are at least 3 cells.
 
