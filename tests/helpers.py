@@ -75,8 +75,12 @@ def load_script(relpath: str):
     return mod
 
 
-def run_cli(tmp_path, *overrides, name="run"):
-    """Run the ``velode`` command with ``overrides`` into the run folder ``tmp_path / name``."""
+def run_cli(tmp_path, *overrides, name="run", env=None):
+    """Run the ``velode`` command with ``overrides`` into the run folder ``tmp_path / name``.
+
+    ``env``: environment variables to set for the command, on top of this process's.
+    """
+    import os
     import subprocess
     import sys
 
@@ -86,5 +90,6 @@ def run_cli(tmp_path, *overrides, name="run"):
         capture_output=True,
         text=True,
         timeout=600,
+        env=None if env is None else {**os.environ, **env},
     )
     return proc, out

@@ -8,6 +8,7 @@ composing (an unknown key or group option) end with Hydra's own message instead.
 import dataclasses
 import json
 from collections.abc import Callable
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -140,6 +141,22 @@ CASES = [
          api=lambda p: _fit(p, trainer={"nonsense": 1}), api_phrase="unknown trainer option(s) ['nonsense']"),
     Case("appended_unknown_key", "unknown trainer option(s) ['nonsense']", overrides=("+trainer.nonsense=1",),
          api=lambda p: _fit(p, trainer={**TINY_TRAINER, "nonsense": 1})),
+    Case("appended_unknown_model_key", "unknown model option(s) ['nonsense']: known options are ['assign_grid',",
+         overrides=("+model.nonsense=1",), api=lambda p: _fit(p, model={**TINY_MODEL, "nonsense": 1})),
+    Case("appended_unknown_data_key",
+         "unknown data option(s) ['nonsense'] for data=h5ad: known options are "
+         "['cluster_key', 'genes', 'name', 'path', 'root_cluster', 'stage_order']",
+         overrides=("+data.nonsense=1",), api=None),
+    Case("appended_unknown_preprocess_key",
+         "unknown preprocess option(s) ['nonsense']: known options are "
+         "['method', 'min_shared_counts', 'n_neighbors', 'n_pcs', 'n_top_genes']",
+         overrides=("+preprocess.nonsense=1",), api=None),
+    Case("appended_unknown_solver_key",
+         "unknown solver option(s) ['nonsense']: known options are ['max_steps', 'method', 'n_grid', 'name']",
+         overrides=("+solver.nonsense=1",), api=None),
+    Case("appended_unknown_stepsize_key",
+         "unknown stepsize option(s) ['nonsense']: known options are ['atol', 'controller', 'dt', 'n_steps', 'rtol']",
+         overrides=("+stepsize.nonsense=1",), api=None),
     Case("unknown_optimizer", "unknown trainer.optimizer 'nonsense'", overrides=("trainer.optimizer=nonsense",),
          api=lambda p: _fit(p, trainer={**TINY_TRAINER, "optimizer": "nonsense"})),
     Case("value_of_wrong_type", "trainer.lr must be a number, got 'fast'", overrides=("trainer.lr=fast",),
@@ -192,3 +209,61 @@ def test_api_raises_value_error_with_the_message(case, tmp_path):
     assert (case.api_phrase or case.phrase) in message
     assert message == " ".join(message.split())  # one line
 
+
+
+def test_full_error_shows_the_traceback_too(tmp_path):
+    """HYDRA_FULL_ERROR=1: the traceback of velode's error, then the same one line; still nothing written."""
+    missing = ["data=h5ad", f"data.path={tmp_path / 'nowhere.h5ad'}", *TINY]
+    plain, _ = run_cli(tmp_path, *missing, name="plain")
+    full, out = run_cli(tmp_path, *missing, name="full", env={"HYDRA_FULL_ERROR": "1"})
+    assert plain.returncode == full.returncode == 1
+    assert "Traceback" not in plain.stderr
+    line = plain.stderr.strip()
+    assert line.startswith("velode: error: ") and "file not found" in line
+    lines = [ln for ln in full.stderr.splitlines() if ln.strip()]
+    assert lines[0] == "Traceback (most recent call last):", full.stderr
+    assert any("InputError" in ln for ln in lines), full.stderr
+    assert lines[-1] == line
+    assert not list(tmp_path.rglob("velocity.h5ad"))
+    assert json.loads((out / "metrics.json").read_text())["status"] == "failed"
+
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def _options(group):
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def _shipped():
+    """Override lists that choose each shipped option of data, preprocess, solver, stepsize, and each experiment."""
+    return [[f"{group}={option}"] for group in ("data", "preprocess", "solver", "stepsize", "experiment")
+            for option in _options(group)]
+
+
+def test_shipped_configs_have_only_known_keys():
+    """No shipped option (nor an experiment) holds a key the check refuses."""
+    from hydra import compose, initialize_config_dir
+
+    from velode._cli import CONFIG_DIR
+    from velode._run import check_group_keys
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        for overrides in _shipped():
+            check_group_keys(compose("config", overrides=overrides))
+
+
+def test_data_keys_are_those_of_the_dataset():
+    """A key of another dataset is refused too: data.path means nothing to the synthetic data."""
+    from hydra import compose, initialize_config_dir
+
+    from velode._cli import CONFIG_DIR
+    from velode._errors import ConfigError
+    from velode._run import check_group_keys
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        check_group_keys(compose("config", overrides=["data=h5ad", "+data.stage_order={a: 0}"]))
+        with pytest.raises(ConfigError, match=r"unknown data option\(s\) \['path'\] for data=synthetic: known "
+                                              r"options are \['cluster_key', 'genes', 'n_cells', 'n_genes', 'name', "
+                                              r"'root_cluster', 'seed', 'stage_order'\]"):
+            check_group_keys(compose("config", overrides=["data=synthetic", "+data.path=x.h5ad"]))

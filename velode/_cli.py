@@ -1,6 +1,7 @@
 """The ``velode`` command: a Hydra app around :func:`velode._run.run`."""
 
 import logging
+import os
 import sys
 import traceback
 import warnings
@@ -79,11 +80,15 @@ def _check_complete(cfg: DictConfig) -> None:
 
 
 def _fail(out_dir: Path, reason: str, message: str, multirun: bool, overrides: list[str], *, record: bool = True):
+    """Called while handling the error: records it and, in a single run, exits with its one line
+    (after its traceback if HYDRA_FULL_ERROR=1, as Hydra does for the errors it reports)."""
     if record:
         _outputs.write_json(out_dir / "metrics.json", {"status": "failed", "error": reason, "overrides": overrides})
     if multirun:
         log.error("job failed: %s", reason)
         return float("nan")
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        traceback.print_exc()
     print(f"velode: error: {message}", file=sys.stderr)
     sys.exit(1)
 

@@ -32,10 +32,10 @@ def _option_keys(group: str) -> dict[str, set[str]]:
 
 
 def check_group_keys(cfg: DictConfig) -> None:
-    """ConfigError naming a key of the data, preprocess or solver group that no option of the group has
-    (data: that the chosen dataset's option does not have), e.g. one appended with +data.foo=1, which
-    would otherwise be ignored. Model, loss and trainer keys: tl._fit.check_settings."""
-    for group in ("data", "preprocess", "solver"):
+    """ConfigError naming a key of the data, preprocess, solver or stepsize group that no option of the
+    group has (data: that the chosen dataset's option does not have), e.g. one appended with
+    +data.foo=1, which would otherwise be ignored. Model, loss and trainer keys: tl._fit.check_settings."""
+    for group in ("data", "preprocess", "solver", "stepsize"):
         node = cfg.get(group)
         if node is None:
             continue
