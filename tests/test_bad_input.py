@@ -157,6 +157,10 @@ CASES = [
     Case("appended_unknown_stepsize_key",
          "unknown stepsize option(s) ['nonsense']: known options are ['atol', 'controller', 'dt', 'n_steps', 'rtol']",
          overrides=("+stepsize.nonsense=1",), api=None),
+    Case("appended_unknown_adjoint_key",
+         "cannot build the solver, step-size controller or adjoint from solver=tsit5, stepsize, adjoint settings "
+         "(RecursiveCheckpointAdjoint.__init__() got an unexpected keyword argument 'nonsense')",
+         overrides=("solver=tsit5", "+adjoint.nonsense=1"), api=None),
     Case("unknown_optimizer", "unknown trainer.optimizer 'nonsense'", overrides=("trainer.optimizer=nonsense",),
          api=lambda p: _fit(p, trainer={**TINY_TRAINER, "optimizer": "nonsense"})),
     Case("value_of_wrong_type", "trainer.lr must be a number, got 'fast'", overrides=("trainer.lr=fast",),

@@ -202,7 +202,7 @@ def test_command_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stderr
     m = json.loads((out / "metrics.json").read_text())
     assert m["status"] == "ok" and m["n_cells"] == 160 and m["n_genes"] == 12 and m["model_dir"] == str(run)
-    for key in ["seconds", "predict_seconds", "versions", "latent_time_spearman"]:
+    for key in ["seconds", "predict_seconds", "peak_rss_mb", "versions", "latent_time_spearman"]:
         assert key in m
     b = ad.read_h5ad(out / "velocity.h5ad")
     assert b.shape == (160, 12) and "true_time" in b.obs and f"model_dir: {run}" in b.uns["velode"]["config"]

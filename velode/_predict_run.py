@@ -23,7 +23,7 @@ log = logging.getLogger("velode")
 def run_predict(cfg: DictConfig, out_dir: Path, overrides: list[str] | None = None) -> dict:
     """Load the model of ``cfg.model_dir``, preprocess the data of ``cfg.data``, predict, write into ``out_dir``."""
     from . import metrics, pp, tl
-    from ._run import load_data, versions
+    from ._run import load_data, peak_rss_mb, versions
     from .tl._predict import MODEL_FILE
 
     t_total = time.perf_counter()
@@ -82,6 +82,7 @@ def run_predict(cfg: DictConfig, out_dir: Path, overrides: list[str] | None = No
     info["version"] = out["versions"]["velode"]
     _outputs.write_h5ad(out_dir / "velocity.h5ad", result)
     out["seconds"] = time.perf_counter() - t_total
+    out["peak_rss_mb"] = peak_rss_mb()
     _outputs.write_json(out_dir / "metrics.json", out)
     return out
 

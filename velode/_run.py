@@ -68,6 +68,21 @@ def load_data(cfg: DictConfig) -> AnnData:
     raise ConfigError(f"unknown data.name {name!r}: choose one of {list(DATASETS)}")
 
 
+def _integrator_args_or_error(cfg: DictConfig) -> dict:
+    """:func:`build_integrator_args`, with a config Diffrax does not accept turned into one ConfigError line."""
+    from hydra.errors import InstantiationException
+
+    try:
+        return build_integrator_args(cfg)
+    except (InstantiationException, TypeError, ValueError) as err:
+        cause = err.__cause__ or err
+        msg = str(cause).strip().splitlines()[-1] if str(cause).strip() else type(cause).__name__
+        raise ConfigError(
+            f"cannot build the solver, step-size controller or adjoint from solver={cfg.solver.get('name', '?')}, "
+            f"stepsize, adjoint settings ({msg}): check their keys with `velode --cfg job`"
+        ) from None
+
+
 def build_integrator_args(cfg: DictConfig) -> dict:
     """Diffrax solver, step-size controller and adjoint, instantiated from their config groups."""
     from hydra.utils import instantiate
@@ -140,6 +155,7 @@ def run(cfg: DictConfig, out_dir: Path, overrides: list[str] | None = None) -> d
                 "trainer": OmegaConf.to_container(cfg.trainer, resolve=True)}
     check_settings(kinetics=kinetics, max_steps=cfg.solver.max_steps, n_grid=cfg.solver.n_grid, **settings)
     check_group_keys(cfg)
+    integrator_args = _integrator_args_or_error(cfg)  # a solver, controller or adjoint that cannot be built fails here
     adata = load_data(cfg.data)
     log.info("data: %s, %d cells x %d genes", cfg.data.name, adata.n_obs, adata.n_vars)
     cluster_key = _cluster_key(adata, cfg)
@@ -158,7 +174,7 @@ def run(cfg: DictConfig, out_dir: Path, overrides: list[str] | None = None) -> d
     result = tl.fit(
         adata,
         kinetics=kinetics,
-        **build_integrator_args(cfg),
+        **integrator_args,
         **settings,
         r2_min=r2_min,
         root_cluster=cfg.data.get("root_cluster"),
