@@ -36,3 +36,14 @@ def test_replacing_keeps_the_old_file_until_the_new_one_is_complete(tmp_path):
     with pytest.raises(RuntimeError):
         _outputs.atomic_write(path, lambda tmp: (_ for _ in ()).throw(RuntimeError("killed")))
     assert '"ok"' in path.read_text()
+
+
+def test_a_new_run_in_a_folder_removes_temporaries_of_killed_writes(tmp_path):
+    from velode._run import check_run_folder
+
+    stale = tmp_path / ".velocity.h5ad.abc123.tmp"
+    stale.write_bytes(b"half")
+    keep = tmp_path / "notes.txt"
+    keep.write_text("mine")
+    assert check_run_folder(tmp_path, resume=False, overwrite=False) is None
+    assert not stale.exists() and keep.exists()

@@ -28,6 +28,13 @@ def _atomic(path: Path, write) -> None:
         raise
 
 
+def remove_temporaries(folder, names) -> None:
+    """Remove what killed writes of the files ``names`` left in ``folder`` (their temporary files)."""
+    for name in names:
+        for stale in Path(folder).glob(f".{name}.*.tmp"):
+            stale.unlink(missing_ok=True)
+
+
 def atomic_write(path, write) -> None:
     """Call ``write(tmp_path)`` and rename the result to ``path`` (see the module docstring)."""
     _atomic(Path(path), write)

@@ -259,6 +259,7 @@ def check_run_folder(out_dir: Path, *, resume: bool, overwrite: bool, dir_key: s
     had finished, its metrics are returned and there is nothing to do.
     """
     out_dir = Path(out_dir)
+    _outputs.remove_temporaries(out_dir, RUN_OUTPUTS)  # a killed run's half-written files, never under their names
     if overwrite:
         for name in RUN_OUTPUTS:
             (out_dir / name).unlink(missing_ok=True)
