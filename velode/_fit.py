@@ -393,7 +393,7 @@ def _assign(kinetics, obs_u, obs_s, rows, inv_u, inv_s, w, integrator, n_grid: i
 
 
 #: Cells per block of a pass over every cell outside training (time assignment, outputs).
-CELL_BLOCK = 8192
+CELL_BLOCK = 2048
 
 
 def assign_times(kinetics, data: TrainData, integrator: Integrator, n_grid: int, block: int = CELL_BLOCK):

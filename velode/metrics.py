@@ -33,7 +33,7 @@ def _has_simulation_truth(adata: AnnData) -> bool:
     return "true_time" in adata.obs and all(k in adata.var for k in need)
 
 
-def _simulation_agreement(adata: AnnData, genes, block: int = 8192) -> dict:
+def _simulation_agreement(adata: AnnData, genes, block: int = 1024) -> dict:
     """:func:`velocity_agreement` with the truth of a simulation recomputed for blocks of cells."""
     from .datasets import simulation_truth
 

@@ -62,16 +62,19 @@ def fit_feature_map(x, n_components: int = 30, *, max_cells: int = PCA_MAX_CELLS
         sub = x
     else:
         total = sq = 0.0
-        for lo in range(0, n, max_cells):
-            part = np.concatenate([np.asarray(b[lo : lo + max_cells], np.float64) for b in blocks], axis=1)
+        for lo in range(0, n, 4096):  # sums over blocks of cells, in double precision
+            part = np.concatenate([np.asarray(b[lo : lo + 4096], np.float64) for b in blocks], axis=1)
             total = total + part.sum(0)
             sq = sq + (part**2).sum(0)
         mean = total / n
         scale = np.sqrt(np.maximum(sq / n - mean**2, 0.0))
         pick = np.sort(np.random.default_rng(seed).choice(n, max_cells, replace=False))
-        sub = np.concatenate([np.asarray(b[pick], np.float64) for b in blocks], axis=1)
+        # The subset is standardised in place, in single precision: a fixed ~0.5 GB at 2,000 genes.
+        sub = np.concatenate([np.asarray(b[pick], np.float32) for b in blocks], axis=1)
+        sub -= mean.astype(np.float32)
+        sub /= np.where(scale > 0, scale, 1.0).astype(np.float32)
     scale = np.where(scale > 0, scale, 1.0)
-    z = (sub - mean) / scale
+    z = sub if n > max_cells else (sub - mean) / scale
     k = int(max(1, min(n_components, z.shape[0] - 1, z.shape[1])))
     _, _, vt = randomized_svd(z, k, n_iter=4, random_state=0)
     comps = vt.T
