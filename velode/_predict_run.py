@@ -22,8 +22,8 @@ log = logging.getLogger("velode")
 
 def run_predict(cfg: DictConfig, out_dir: Path, overrides: list[str] | None = None) -> dict:
     """Load the model of ``cfg.model_dir``, preprocess the data of ``cfg.data``, predict, write into ``out_dir``."""
-    from . import metrics, pp, tl
-    from ._run import load_data, peak_rss_mb, versions
+    from . import metrics, tl
+    from ._run import load_data, peak_rss_mb, preprocess, versions
     from .tl._predict import MODEL_FILE
 
     t_total = time.perf_counter()
@@ -40,15 +40,10 @@ def run_predict(cfg: DictConfig, out_dir: Path, overrides: list[str] | None = No
     adata = load_data(cfg.data)
     n_input = adata.n_vars
     log.info("data: %s, %d cells x %d genes", cfg.data.name, adata.n_obs, n_input)
-    genes = cfg.data.get("genes")
     t0 = time.perf_counter()
-    p = cfg.preprocess
-    adata = pp.preprocess(
-        adata, method=p.method, min_shared_counts=p.min_shared_counts, n_top_genes=p.n_top_genes, n_pcs=p.n_pcs,
-        n_neighbors=p.n_neighbors, genes=genes if genes is None or isinstance(genes, str) else list(genes),
-    )
+    adata = preprocess(adata, cfg)
     preprocess_seconds = time.perf_counter() - t0
-    log.info("preprocessed (%s) in %.1f s: %d genes", p.method, preprocess_seconds, adata.n_vars)
+    log.info("preprocessed (%s) in %.1f s: %d genes", cfg.preprocess.method, preprocess_seconds, adata.n_vars)
     t0 = time.perf_counter()
     result = tl.predict(adata, fitted, batch_size=batch_size, spliced_key=fitted.spliced_key,
                         unspliced_key=fitted.unspliced_key)

@@ -106,6 +106,17 @@ def build_integrator_args(cfg: DictConfig) -> dict:
     }
 
 
+def preprocess(adata: AnnData, cfg: DictConfig) -> AnnData:
+    """``adata`` preprocessed in place as the ``preprocess`` group says, restricted to ``data.genes`` if given."""
+    genes = cfg.data.get("genes")
+    p = cfg.preprocess
+    return pp.preprocess(
+        adata, method=p.method, min_shared_counts=p.min_shared_counts, n_top_genes=p.n_top_genes, n_pcs=p.n_pcs,
+        n_neighbors=p.n_neighbors, genes=genes if genes is None or isinstance(genes, str) else list(genes),
+        copy=False,  # the data as read are not needed afterwards: no second copy of every layer
+    )
+
+
 def _cluster_key(adata: AnnData, cfg: DictConfig) -> str | None:
     """data.cluster_key, which must be a column of obs; unset: "clusters" if the data has that column."""
     key = cfg.data.get("cluster_key")
@@ -143,7 +154,7 @@ def run(cfg: DictConfig, out_dir: Path, overrides: list[str] | None = None) -> d
 
     ``overrides`` (the command-line overrides of this job) are recorded in ``metrics.json``.
     """
-    from . import pl, tl
+    from . import tl
     from .tl._fit import check_settings, root_cells
 
     t_total = time.perf_counter()
@@ -161,16 +172,10 @@ def run(cfg: DictConfig, out_dir: Path, overrides: list[str] | None = None) -> d
     cluster_key = _cluster_key(adata, cfg)
     if cfg.data.get("root_cluster") is not None:
         root_cells(adata, cfg.data.root_cluster, cluster_key)
-    genes = cfg.data.get("genes")
     t0 = time.perf_counter()
-    p = cfg.preprocess
-    adata = pp.preprocess(
-        adata, method=p.method, min_shared_counts=p.min_shared_counts, n_top_genes=p.n_top_genes, n_pcs=p.n_pcs,
-        n_neighbors=p.n_neighbors, genes=genes if genes is None or isinstance(genes, str) else list(genes),
-        copy=False,  # the data as read are not needed afterwards: no second copy of every layer
-    )
+    adata = preprocess(adata, cfg)
     preprocess_seconds = time.perf_counter() - t0
-    log.info("preprocessed (%s) in %.1f s: %d genes", p.method, preprocess_seconds, adata.n_vars)
+    log.info("preprocessed (%s) in %.1f s: %d genes", cfg.preprocess.method, preprocess_seconds, adata.n_vars)
     result = tl.fit(
         adata,
         kinetics=kinetics,

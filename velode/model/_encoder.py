@@ -39,7 +39,7 @@ class TimeEncoder(eqx.Module):
 
 
 #: Above this many cells the principal axes are found on a random subset of this many cells (the
-#: standardisation still uses every cell), and cells are projected in blocks of this many.
+#: standardisation still uses every cell).
 PCA_MAX_CELLS = 30_000
 
 
@@ -85,7 +85,7 @@ def fit_feature_map(x, n_components: int = 30, *, max_cells: int = PCA_MAX_CELLS
     return FeatureMap(f32(mean), f32(scale), f32(comps))
 
 
-def project_cells(fmap: FeatureMap, blocks, *, block_cells: int = PCA_MAX_CELLS) -> jax.Array:
+def project_cells(fmap: FeatureMap, blocks, *, block_cells: int = 4096) -> jax.Array:
     """``fmap`` applied to every cell of the column blocks (e.g. ``(spliced, unspliced)``), in blocks of cells."""
     import numpy as np
 

@@ -177,6 +177,23 @@ def fit(
     return result
 
 
+def write_kinetics(adata: AnnData, kin) -> None:
+    """The gene-level keys of fitted kinetics: var["fit_alpha"|"fit_beta"|"fit_gamma"|"fit_scaling"|"fit_alpha0"|"fit_t_"|"fit_t_on"]."""
+    f32 = lambda x: np.asarray(jax.device_get(x), dtype=np.float32)  # noqa: E731
+    adata.var["fit_alpha"] = f32(kin.alpha)
+    adata.var["fit_beta"] = f32(kin.beta)
+    adata.var["fit_gamma"] = f32(kin.gamma)
+    adata.var["fit_scaling"] = f32(kin.scale)
+    adata.var["fit_alpha0"] = f32(kin.alpha0)
+    t_sw = kin.switch_time()
+    adata.var["fit_t_"] = f32(t_sw) if t_sw is not None else np.full(adata.n_vars, np.inf, np.float32)
+    t_on = kin.onset_time()
+    if t_on is not None:
+        adata.var["fit_t_on"] = f32(t_on)
+    elif "fit_t_on" in adata.var:
+        del adata.var["fit_t_on"]
+
+
 def write_result(adata: AnnData, result: FitResult, obs_s, obs_u, *, r2_min: float) -> None:
     """Write a fit's outputs into ``adata`` under scVelo's key names."""
     from ._predict import evaluate_cells
@@ -202,16 +219,7 @@ def write_result(adata: AnnData, result: FitResult, obs_s, obs_u, *, r2_min: flo
     # Each cell's spliced state carried forward by loss.horizon of latent time along the fitted kinetics.
     adata.layers["projected_spliced"] = layers["projected_spliced"]
     adata.obs["latent_time"] = latent_time
-    adata.var["fit_alpha"] = np_(kin.alpha)
-    adata.var["fit_beta"] = np_(kin.beta)
-    adata.var["fit_gamma"] = np_(kin.gamma)
-    adata.var["fit_scaling"] = np_(kin.scale)
-    adata.var["fit_alpha0"] = np_(kin.alpha0)
-    t_sw = kin.switch_time()
-    adata.var["fit_t_"] = np_(t_sw) if t_sw is not None else np.full(adata.n_vars, np.inf, np.float32)
-    t_on = kin.onset_time()
-    if t_on is not None:
-        adata.var["fit_t_on"] = np_(t_on)
+    write_kinetics(adata, kin)
     mod = result.model.modulator
     for key in ("velode_cell_z",):
         adata.obsm.pop(key, None)

@@ -439,20 +439,10 @@ def predict(adata: AnnData, model_or_path, *, batch_size: int = 4096, spliced_ke
 
 def _write_genes(out: AnnData, fm: FittedModel) -> None:
     """The gene-level keys of the fit (var["fit_*"]) from the model's kinetics and the recorded training R^2."""
-    kin = fm.model.kinetics
+    from ._fit import write_kinetics
+
+    write_kinetics(out, fm.model.kinetics)
     f32 = lambda x: np.asarray(x, np.float32)  # noqa: E731
-    out.var["fit_alpha"] = f32(kin.alpha)
-    out.var["fit_beta"] = f32(kin.beta)
-    out.var["fit_gamma"] = f32(kin.gamma)
-    out.var["fit_scaling"] = f32(kin.scale)
-    out.var["fit_alpha0"] = f32(kin.alpha0)
-    t_sw = kin.switch_time()
-    out.var["fit_t_"] = f32(t_sw) if t_sw is not None else np.full(out.n_vars, np.inf, np.float32)
-    t_on = kin.onset_time()
-    if t_on is not None:
-        out.var["fit_t_on"] = f32(t_on)
-    elif "fit_t_on" in out.var:
-        del out.var["fit_t_on"]
     if fm.fit_r2 is not None:
         out.var["fit_r2"] = f32(fm.fit_r2)
     elif "fit_r2" in out.var:
