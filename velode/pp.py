@@ -89,9 +89,12 @@ def _log1p(x):
 
 
 def _to_dense32(x) -> np.ndarray:
+    """Dense float32, aligned for JAX to read in place (no copy of what already is)."""
+    from . import _aligned
+
     if sp.issparse(x):
-        return x.toarray().astype(np.float32, copy=False)
-    return np.asarray(x, dtype=np.float32)  # no copy of what already is dense float32
+        x = x.toarray()
+    return _aligned.aligned(x)
 
 
 def _highly_variable(x, var_names, n_top_genes: int):
@@ -364,6 +367,10 @@ def preprocess(
         spliced = adata.layers["spliced"]
         adata.layers["Ms"] = _to_dense32(spliced)
         adata.layers["Mu"] = _to_dense32(adata.layers["unspliced"])
+        for raw, fit in (("spliced", "Ms"), ("unspliced", "Mu")):
+            x = adata.layers[raw]
+            if not sp.issparse(x) and x.dtype == np.float32:  # Ms is x itself or its aligned copy: keep one array
+                adata.layers[raw] = adata.layers[fit]
         if adata.X is None:
             adata.X = spliced.copy()
         if adata.n_obs >= 3:

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
+from .. import _aligned
 from .._errors import InputError
 from ._synthetic import _check_positive_int
 
@@ -162,8 +163,8 @@ def simulation(
     else:
         scale = np.ones(n_genes)
     alpha = alpha * scale
-    u_obs = np.empty((n_cells, n_genes), np.float32)
-    s_obs = np.empty((n_cells, n_genes), np.float32)
+    u_obs = _aligned.empty((n_cells, n_genes))  # read in place by JAX when fitted
+    s_obs = _aligned.empty((n_cells, n_genes))
     truth = {k: np.empty((n_cells, n_genes), np.float32) for k in TRUTH_LAYERS} if truth_layers else None
     sd_u = sd_s = None
     if noise == "gaussian":
