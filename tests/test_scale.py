@@ -70,3 +70,22 @@ def test_truth_metrics_without_truth_layers_match_with_them():
     assert set(without) == set(with_layers)
     for key, value in with_layers.items():
         assert without[key] == pytest.approx(value, rel=1e-6), key
+
+
+def test_fitted_matrices_are_read_in_place_by_jax():
+    from velode import _aligned
+    from velode._train import TrainData
+
+    a = simulation(n_cells=300, n_genes=40, seed=0, truth_layers=False)
+    s, u = a.layers["spliced"], a.layers["unspliced"]
+    assert _aligned.is_aligned(s) and _aligned.is_aligned(u)
+    data = TrainData.build(np.zeros((300, 3), np.float32), u, s, np.ones(40), np.ones(40), np.ones(40))
+    assert data.obs_s.unsafe_buffer_pointer() == s.ctypes.data  # the same memory, not a copy
+    assert data.obs_u.unsafe_buffer_pointer() == u.ctypes.data
+    # A misaligned array is copied once onto the boundary, with the same values.
+    raw = np.arange(4 * 101, dtype=np.float32)[1:].reshape(4, 100)
+    assert not _aligned.is_aligned(raw)
+    fixed = _aligned.aligned(raw)
+    assert _aligned.is_aligned(fixed) and fixed.flags.c_contiguous
+    np.testing.assert_array_equal(fixed, raw)
+    assert _aligned.aligned(fixed) is fixed
