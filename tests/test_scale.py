@@ -83,7 +83,7 @@ def test_fitted_matrices_are_read_in_place_by_jax():
     assert data.obs_s.unsafe_buffer_pointer() == s.ctypes.data  # the same memory, not a copy
     assert data.obs_u.unsafe_buffer_pointer() == u.ctypes.data
     # A misaligned array is copied once onto the boundary, with the same values.
-    raw = np.arange(4 * 101, dtype=np.float32)[1:].reshape(4, 100)
+    raw = np.arange(401, dtype=np.float32)[1:].reshape(4, 100)  # starts 4 bytes past an allocation
     assert not _aligned.is_aligned(raw)
     fixed = _aligned.aligned(raw)
     assert _aligned.is_aligned(fixed) and fixed.flags.c_contiguous
