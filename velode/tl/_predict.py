@@ -387,7 +387,6 @@ def predict(adata: AnnData, model_or_path, *, batch_size: int = 4096, spliced_ke
     horizon = float(fm.horizon) if project else 0.0
     n = obs_s.shape[0]
     rows = int(min(batch_size, n))
-    keys = ["velocity", "velocity_u", "fit_s", "fit_u"] + (["projected_spliced"] if project else [])
     res, latent, cell_z, r2, ok = evaluate_cells(model, integrator, obs_s, obs_u, horizon=horizon, project=project,
                                                  batch_size=rows)
     if not ok:
@@ -398,8 +397,8 @@ def predict(adata: AnnData, model_or_path, *, batch_size: int = 4096, spliced_ke
         raise SolverError("the model gives non-finite velocities on these cells: check that they are preprocessed "
                           "as the training data were")
 
-    for k in keys:
-        out.layers[k] = res[k]
+    for k, layer in res.items():
+        out.layers[k] = layer
     if not project:
         out.layers.pop("projected_spliced", None)
     out.obs["latent_time"] = latent
