@@ -1,4 +1,4 @@
-"""Data parallelism over cells: the same fit on two (forced host) devices as on one."""
+"""Data parallelism over cells: the same fit on two (forced host) devices as on one (dense and sparse data)."""
 
 import subprocess
 import sys
@@ -16,13 +16,16 @@ SCRIPT = textwrap.dedent(
 
     assert jax.device_count() == 2
     out = {}
-    for devices in (1, 2):
+    import scipy.sparse as sp
+    for devices, sparse in ((1, False), (2, False), (2, True)):
         for batch in (200, None):  # minibatches (an odd share per device is padded) and the full batch
             a = simulation(n_cells=450, n_genes=30, seed=2)
             a.layers["Ms"], a.layers["Mu"] = a.layers["spliced"], a.layers["unspliced"]
+            if sparse:  # sparse data: each step's cells densified on the host, then split over the devices
+                a.layers["Ms"], a.layers["Mu"] = sp.csr_matrix(a.layers["Ms"]), sp.csr_matrix(a.layers["Mu"])
             r = velode.tl.fit(a, trainer={"max_steps": 80, "devices": devices, "batch_size": batch, "progress": False},
                               model={"probe_steps": 15, "assign_rounds": 0, "pretrain_steps": 40, "cell_rank": 0})
-            out[f"{devices}-{batch}"] = {
+            out[f"{devices}-{batch}" + ("-sparse" if sparse else "")] = {
                 "time": a.obs["latent_time"].tolist(), "velocity": a.layers["velocity"][:50].tolist(),
                 "history": r.state.history["total"], "alpha": a.var["fit_alpha"].tolist(),
             }
@@ -49,6 +52,9 @@ def test_two_devices_give_the_one_device_fit():
         np.testing.assert_allclose(two["alpha"], one["alpha"], rtol=1e-3)
         scale = np.abs(np.asarray(one["velocity"])).max()
         np.testing.assert_allclose(two["velocity"], one["velocity"], atol=1e-3 * scale)
+        # Sparse data on two devices: the same arithmetic as dense data on two devices.
+        np.testing.assert_allclose(out[f"2-{batch}-sparse"]["history"], two["history"], rtol=1e-6)
+        np.testing.assert_allclose(out[f"2-{batch}-sparse"]["velocity"], two["velocity"], rtol=1e-5, atol=1e-6 * scale)
     # ... while the two batch modes are different fits: the comparison above can fail.
     assert np.abs(np.asarray(out["1-200"]["history"]) - np.asarray(out["1-None"]["history"])).max() > 1e-3
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
+import scipy.sparse as sp
 
 from ._errors import ConfigError
 from ._outputs import atomic_write
@@ -32,7 +33,12 @@ def fingerprint(*parts) -> str:
     """A short hash of what a fit depends on (settings, data), so a checkpoint is never resumed by another fit."""
     h = hashlib.sha256()
     for p in parts:
-        if isinstance(p, np.ndarray):
+        if sp.issparse(p):
+            h.update(f"sparse{p.shape}".encode())
+            for a in (p.data, p.indices, p.indptr):
+                h.update(f"{a.dtype}{a.shape}".encode())
+                h.update(memoryview(np.ascontiguousarray(a)).cast("B"))
+        elif isinstance(p, np.ndarray):
             h.update(f"{p.dtype}{p.shape}".encode())
             h.update(memoryview(np.ascontiguousarray(p)).cast("B"))  # the bytes, not a copy of them
         else:

@@ -19,6 +19,7 @@ import numpy as np
 import optax
 
 from ._checkpoint import PHASES, Checkpointer, fingerprint, position
+from . import _matrix
 from ._errors import ConfigError
 from ._train import LossConfig, Trainer, TrainerConfig, TrainData, TrainState, loss_value
 from .model._encoder import TimeEncoder, fit_feature_map, project_cells
@@ -89,22 +90,25 @@ def graph_distance(features, sources, n_neighbors: int = 15):
 GENE_BLOCK = 256
 
 
-def by_genes(fn, *arrays, block: int = GENE_BLOCK):
+def by_genes(fn, *arrays, block: int | None = None):
     """``fn`` of cells x genes arrays, applied to blocks of genes (columns) and joined along the last axis.
 
     For per-gene statistics: the temporaries are cells x ``block``, not cells x genes.
+    ``arrays`` may be sparse: each block of genes is densified on its own.
     """
+    block = GENE_BLOCK if block is None else block
     n_genes = arrays[0].shape[1]
     if n_genes <= block:
-        return fn(*arrays)
-    return np.concatenate([fn(*(a[:, j : j + block] for a in arrays)) for j in range(0, n_genes, block)], axis=-1)
+        return fn(*(_matrix.dense(a) for a in arrays))
+    return np.concatenate([fn(*(_matrix.dense(a[:, j : j + block]) for a in arrays)) for j in range(0, n_genes, block)],
+                          axis=-1)
 
 
 def _init_kinetics(kind: str, t, obs_s, obs_u, cfg: ModelConfig):
     """Rates from the data at a given clock t (numpy): steady-state ratios, early states, peak times."""
     n_genes = obs_s.shape[1]
     early = t <= np.quantile(t, 0.05)
-    u0 = obs_u[early].mean(0)
+    u0 = _matrix.take(obs_u, early).mean(0)
     u_hi = np.maximum(by_genes(lambda x: np.quantile(x, 0.98, axis=0), obs_u), 1e-3)
     s_hi = np.maximum(by_genes(lambda x: np.quantile(x, 0.98, axis=0), obs_s), 1e-3)
     beta = np.full(n_genes, cfg.init_rate)
@@ -195,7 +199,8 @@ def fit_arrays(
     gene_weight=None,
     checkpoint_dir=None,
 ) -> FitResult:
-    """Fit on dense numpy arrays (cells x genes); ``root_mask`` (cells,) marks cells that come first.
+    """Fit on cells x genes matrices (numpy arrays, or scipy sparse ones, which are densified one batch of
+    cells at a time); ``root_mask`` (cells,) marks cells that come first.
 
     ``checkpoint_dir``: write a checkpoint there every trainer.checkpoint_every steps and, with
     trainer.resume, go on from the one found there (velode._checkpoint).
@@ -218,8 +223,9 @@ def fit_arrays(
         raise ConfigError("model.cell_rank > 0 (cell-specific transcription) needs solver=analytic")
     clock_cfg = dataclasses.replace(trainer_cfg, max_steps=trainer_cfg.max_steps - cell_steps)
     t_setup = time.perf_counter()
-    obs_s = np.asarray(obs_s, np.float32)
-    obs_u = np.asarray(obs_u, np.float32)
+    # Dense float32 arrays are used in place; sparse ones stay sparse (densified one batch at a time).
+    obs_s = _matrix.as_matrix(obs_s)
+    obs_u = _matrix.as_matrix(obs_u)
     key = jax.random.PRNGKey(seed)
     k_enc, k_train = jax.random.split(key)
     fmap = fit_feature_map((obs_s, obs_u), model_cfg.n_components)
@@ -396,17 +402,17 @@ def _assign(kinetics, obs_u, obs_s, rows, inv_u, inv_s, w, integrator, n_grid: i
 CELL_BLOCK = 2048
 
 
-def assign_times(kinetics, data: TrainData, integrator: Integrator, n_grid: int, block: int = CELL_BLOCK):
+def assign_times(kinetics, data: TrainData, integrator: Integrator, n_grid: int, block: int | None = None):
     """Each cell's best time on a uniform grid of [0, 1] given the kinetics (weighted least squares).
 
     Computed for blocks of ``block`` cells (the last one padded, so one compilation serves all).
     """
     n = data.n_cells
-    size = min(block, n)
+    size = min(CELL_BLOCK if block is None else block, n)
     out = []
     for lo in range(0, n, size):
         rows = np.minimum(np.arange(lo, lo + size), n - 1).astype(np.int32)
-        t = _assign(kinetics, data.obs_u, data.obs_s, jnp.asarray(rows), data.inv_sd_u, data.inv_sd_s,
-                    data.gene_weight, integrator, n_grid)
+        obs_u, obs_s, rows = data.gather(rows)
+        t = _assign(kinetics, obs_u, obs_s, rows, data.inv_sd_u, data.inv_sd_s, data.gene_weight, integrator, n_grid)
         out.append(t[: min(size, n - lo)])
     return out[0] if len(out) == 1 else jnp.concatenate(out)

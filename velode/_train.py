@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from . import _loss
+from . import _loss, _matrix
 from ._errors import ConfigError, SolverError
 from .model._model import VelocityModel
 from .model._solve import Integrator, prepare
@@ -48,13 +48,15 @@ class TrainerConfig:
 class TrainData:
     """Arrays the loss needs, passed to the jitted step as arguments (never closed over).
 
-    The cells x genes data are held once, as given (float32 numpy arrays are shared with JAX on the
-    CPU, not copied); a pass over the cells reads them through ``rows``, every cell's index padded to
-    a multiple of the chunk size, with ``mask`` 0 on the padding.
+    The cells x genes data are held once, as given. Dense float32 numpy arrays are shared with JAX
+    on the CPU, not copied, and a pass over the cells reads them through ``rows``, every cell's index
+    padded to a multiple of the chunk size, with ``mask`` 0 on the padding. Sparse (CSR) data stay
+    sparse on the host (``sparse`` is True): each pass gathers and densifies only its own cells
+    (:meth:`gather`), so no dense copy of the data is ever made.
     """
 
     features: jax.Array
-    obs_u: jax.Array
+    obs_u: jax.Array  # or a scipy CSR matrix (sparse)
     obs_s: jax.Array
     rows: jax.Array
     mask: jax.Array
@@ -63,6 +65,7 @@ class TrainData:
     gene_weight: jax.Array
     n_cells: int
     chunk: int
+    sparse: bool = False
 
     @classmethod
     def build(cls, features, obs_u, obs_s, inv_sd_u, inv_sd_s, gene_weight, chunk: int = 128):
@@ -70,13 +73,33 @@ class TrainData:
         chunk = int(max(1, min(chunk, n)))
         rows, mask = padded_rows(np.arange(n), chunk)
         f32 = lambda a: jnp.asarray(a if isinstance(a, jax.Array) else np.asarray(a, np.float32), jnp.float32)  # noqa: E731
-        return cls(f32(features), f32(obs_u), f32(obs_s), rows, mask, f32(inv_sd_u), f32(inv_sd_s),
-                   f32(gene_weight), n, chunk)
+        sparse = _matrix.is_sparse(obs_u) or _matrix.is_sparse(obs_s)
+        keep = (lambda a: _matrix.as_matrix(a)) if sparse else f32  # noqa: E731
+        return cls(f32(features), keep(obs_u), keep(obs_s), rows, mask, f32(inv_sd_u), f32(inv_sd_s),
+                   f32(gene_weight), n, chunk, sparse)
 
     def arrays(self):
-        """The arguments of :func:`loss_terms` after the model, for a full pass over the cells."""
-        return (self.features, self.obs_u, self.obs_s, self.rows, self.mask, self.inv_sd_u, self.inv_sd_s,
-                self.gene_weight)
+        """The arguments of :func:`loss_terms` after the model, for a full pass over the cells.
+
+        Sparse data: the cells x genes entries are None; take them from :meth:`gather`.
+        """
+        obs_u, obs_s = (None, None) if self.sparse else (self.obs_u, self.obs_s)
+        return (self.features, obs_u, obs_s, self.rows, self.mask, self.inv_sd_u, self.inv_sd_s, self.gene_weight)
+
+    def gather(self, rows, features=False):
+        """(obs_u, obs_s, rows) for a pass over the cells ``rows`` (host indices), as :func:`loss_terms` reads them.
+
+        Dense data: the whole matrices and ``rows`` itself. Sparse data: the cells of ``rows``, densified
+        (float32, ``len(rows)`` x genes), and the rows 0..len(rows)-1 into them. With ``features``, the
+        features to pass with them are returned first.
+        """
+        rows = np.asarray(rows)
+        if not self.sparse:
+            out = (self.obs_u, self.obs_s, jnp.asarray(rows, jnp.int32))
+            return ((self.features,) + out) if features else out
+        out = (jnp.asarray(_matrix.take(self.obs_u, rows)), jnp.asarray(_matrix.take(self.obs_s, rows)),
+               jnp.arange(len(rows), dtype=jnp.int32))
+        return ((self.features[jnp.asarray(rows)],) + out) if features else out
 
 
 def padded_rows(rows, chunk: int):
@@ -345,12 +368,15 @@ class Trainer:
         pad = 0 if batch is None else (-batch) % (chunk * n_dev)
         batch_mask = None if batch is None else jnp.concatenate([jnp.ones(batch), jnp.zeros(pad)])
         all_rows, all_mask = data.rows, data.mask
+        if mesh is not None and batch is None:
+            all_rows, all_mask = padded_rows(np.arange(n), chunk * n_dev)
+        if data.sparse and batch is None:  # sparse data, full batch: the batch is every cell, densified once
+            gathered = data.gather(np.asarray(all_rows), features=True)
+            arrays, all_rows = gathered[:3] + arrays[3:], gathered[3]
         if mesh is not None:
             from jax.sharding import NamedSharding, PartitionSpec
 
             arrays = jax.device_put(arrays, NamedSharding(mesh, PartitionSpec()))  # once, on every device
-            if batch is None:
-                all_rows, all_mask = padded_rows(np.arange(n), chunk * n_dev)
         hist = state.history["total"]
         # Plateau detection on an exponential average over about one epoch of minibatch losses
         # (the raw loss itself with full batches), so minibatch noise does not stop a fit early.
@@ -368,21 +394,36 @@ class Trainer:
         t_start = time.perf_counter()
         prev = None  # model and optimiser state before the last update: their loss was finite
         try:
+            def pick(key, perm, pos):
+                """The next minibatch after (key, perm, pos): the new (key, perm, pos), its rows and arrays.
+
+                Pure: a minibatch prepared ahead (sparse data) is the one the next step would draw.
+                """
+                if pos + batch > n:
+                    key, sub = jax.random.split(key)
+                    perm, pos = jax.random.permutation(sub, n), 0
+                rows = jnp.concatenate([perm[pos : pos + batch], jnp.zeros(pad, perm.dtype)])
+                step_arrays = arrays
+                if data.sparse:  # sparse data: this batch's cells, densified
+                    gathered = data.gather(np.asarray(rows), features=True)
+                    step_arrays, rows = gathered[:3] + arrays[3:], gathered[3]
+                return key, perm, pos + batch, rows, step_arrays
+
+            ahead = None  # sparse data: the next minibatch, densified while the current step runs
             while state.step < until and state.status != "diverged":  # a diverged fit takes no more steps
-                rows, mask = all_rows, all_mask
+                rows, mask, step_arrays = all_rows, all_mask, arrays
                 if batch is not None:
-                    if pos + batch > n:
-                        state.key, sub = jax.random.split(state.key)
-                        perm, pos = jax.random.permutation(sub, n), 0
-                    rows, mask = jnp.concatenate([perm[pos : pos + batch], jnp.zeros(pad, perm.dtype)]), batch_mask
-                    pos += batch
+                    state.key, perm, pos, rows, step_arrays = ahead if ahead is not None else pick(state.key, perm, pos)
+                    mask, ahead = batch_mask, None
                 t0 = time.perf_counter()
-                step_args = (state.model, state.opt_state, rows, mask, arrays, self.optimizer, self.integrator,
+                step_args = (state.model, state.opt_state, rows, mask, step_arrays, self.optimizer, self.integrator,
                              self.loss_cfg, chunk)
                 if mesh is None:
                     model, opt_state, loss, terms, info = _step(*step_args)
                 else:
                     model, opt_state, loss, terms, info = _step_sharded(*step_args, mesh)
+                if data.sparse and batch is not None and state.step + 1 < until:
+                    ahead = pick(state.key, perm, pos)  # on the host, while the step computes
                 loss = float(loss)
                 if not self.compiled:
                     self.compile_seconds = time.perf_counter() - t0
@@ -433,10 +474,32 @@ class Trainer:
 _loss_jit = eqx.filter_jit(loss_terms)
 
 
+#: Cells per block of a full-batch loss on sparse data (each block densified on its own).
+LOSS_BLOCK = 2048
+
+
 def loss_value(model, data: TrainData, integrator: Integrator, loss_cfg: LossConfig) -> float:
     """Full-batch training loss of ``model`` (float)."""
-    loss, _ = _loss_jit(model, *data.arrays(), integrator, loss_cfg, data.chunk)
-    return float(loss)
+    if not data.sparse:
+        loss, _ = _loss_jit(model, *data.arrays(), integrator, loss_cfg, data.chunk)
+        return float(loss)
+    # Sparse data: the per-cell terms are summed over blocks of cells (each term is a sum over cells
+    # divided by the number of cells); the time prior compares all the cells' times at once.
+    size = int(-(-min(LOSS_BLOCK, data.n_cells) // data.chunk) * data.chunk)
+    per_cell = dataclasses.replace(loss_cfg, time_prior_weight=0.0)
+    n = jnp.asarray(float(data.n_cells))
+    rest = data.arrays()[5:]
+    total = 0.0
+    for lo in range(0, data.n_cells, size):
+        cells = np.arange(lo, min(lo + size, data.n_cells))
+        rows, mask = padded_rows(cells, size)
+        features, obs_u, obs_s, local = data.gather(np.asarray(rows), features=True)
+        loss, _ = _loss_jit(model, features, obs_u, obs_s, local, mask, *rest, integrator, per_cell, data.chunk, n)
+        total += float(loss)
+    if loss_cfg.time_prior_weight:
+        t = model.encoder(data.features)
+        total += loss_cfg.time_prior_weight * float(_loss.time_uniformity(t, jnp.ones(data.n_cells)))
+    return total
 
 
 def as_numpy(x):

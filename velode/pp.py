@@ -9,6 +9,7 @@ import numpy as np
 import scipy.sparse as sp
 from anndata import AnnData
 
+from . import _matrix
 from ._errors import InputError
 from ._io import _check, _drop_empty_genes
 
@@ -313,8 +314,9 @@ def preprocess(
 
     ``method="scvelo"``: :func:`filter_and_normalize` then :func:`moments`.
     ``method="none"``: fit the layers exactly as given: ``layers["Ms"]`` and ``layers["Mu"]`` are
-    ``layers["spliced"]`` and ``layers["unspliced"]`` as dense float32 (the same arrays, not copies,
-    when they already are); ``X`` is set to
+    ``layers["spliced"]`` and ``layers["unspliced"]`` as float32, sparse (CSR) if they are sparse, so
+    the fit densifies one batch of cells at a time (the same arrays, not copies, when they already
+    are float32); ``X`` is set to
     the spliced layer if it is empty; ``obsm["X_pca"]`` (PCA of ``log1p`` of the spliced layer)
     and the kNN graph are computed for embeddings and plots when there are at least 3 cells.
 
@@ -364,13 +366,14 @@ def preprocess(
         filter_and_normalize(adata, min_shared_counts=min_shared_counts, n_top_genes=n_top_genes, log=True)
         moments(adata, n_pcs=n_pcs, n_neighbors=n_neighbors)
     else:
+        # Sparse layers stay sparse (the fit densifies one batch of cells at a time); dense ones become
+        # float32 arrays JAX reads in place. Ms is the layer itself when it already is so.
         spliced = adata.layers["spliced"]
-        adata.layers["Ms"] = _to_dense32(spliced)
-        adata.layers["Mu"] = _to_dense32(adata.layers["unspliced"])
         for raw, fit in (("spliced", "Ms"), ("unspliced", "Mu")):
             x = adata.layers[raw]
-            if not sp.issparse(x) and x.dtype == np.float32:  # Ms is x itself or its aligned copy: keep one array
-                adata.layers[raw] = adata.layers[fit]
+            adata.layers[fit] = _matrix.as_matrix(x)
+            if x.dtype == np.float32:
+                adata.layers[raw] = adata.layers[fit]  # keep one array
         if adata.X is None:
             adata.X = spliced.copy()
         if adata.n_obs >= 3:

@@ -41,36 +41,41 @@ class TimeEncoder(eqx.Module):
 #: Above this many cells the principal axes are found on a random subset of this many cells (the
 #: standardisation still uses every cell).
 PCA_MAX_CELLS = 30_000
+#: Cells per block of the passes over every cell (the standardisation sums, the projection).
+BLOCK_CELLS = 4096
 
 
-def fit_feature_map(x, n_components: int = 30, *, max_cells: int = PCA_MAX_CELLS, seed: int = 0) -> FeatureMap:
+def fit_feature_map(x, n_components: int = 30, *, max_cells: int | None = None, seed: int = 0) -> FeatureMap:
     """PCA (randomised SVD) of the gene-standardised matrix x (cells x inputs); numpy in, FeatureMap out.
 
     ``x`` may be a tuple of column blocks (e.g. ``(spliced, unspliced)``), which are joined one
     block of cells at a time when there are more than ``max_cells`` cells, so memory stays near the
-    data's own.
+    data's own; the blocks may be scipy sparse matrices (densified a block of cells at a time).
     """
     import numpy as np
     from sklearn.utils.extmath import randomized_svd
 
+    from .. import _matrix
+
+    max_cells = PCA_MAX_CELLS if max_cells is None else max_cells
     blocks = tuple(x) if isinstance(x, (tuple, list)) else (x,)
     n = blocks[0].shape[0]
     if n <= max_cells:
-        x = np.concatenate([np.asarray(b, np.float64) for b in blocks], axis=1)
+        x = np.concatenate([_matrix.dense(b).astype(np.float64) for b in blocks], axis=1)
         mean = x.mean(0)
         scale = x.std(0)
         sub = x
     else:
         total = sq = 0.0
-        for lo in range(0, n, 4096):  # sums over blocks of cells, in double precision
-            part = np.concatenate([np.asarray(b[lo : lo + 4096], np.float64) for b in blocks], axis=1)
+        for lo in range(0, n, BLOCK_CELLS):  # sums over blocks of cells, in double precision
+            part = np.concatenate([_matrix.block(b, lo, lo + BLOCK_CELLS).astype(np.float64) for b in blocks], axis=1)
             total = total + part.sum(0)
             sq = sq + (part**2).sum(0)
         mean = total / n
         scale = np.sqrt(np.maximum(sq / n - mean**2, 0.0))
         pick = np.sort(np.random.default_rng(seed).choice(n, max_cells, replace=False))
         # The subset is standardised in place, in single precision: a fixed ~0.5 GB at 2,000 genes.
-        sub = np.concatenate([np.asarray(b[pick], np.float32) for b in blocks], axis=1)
+        sub = np.concatenate([_matrix.take(b, pick) for b in blocks], axis=1)
         sub -= mean.astype(np.float32)
         sub /= np.where(scale > 0, scale, 1.0).astype(np.float32)
     scale = np.where(scale > 0, scale, 1.0)
@@ -85,12 +90,15 @@ def fit_feature_map(x, n_components: int = 30, *, max_cells: int = PCA_MAX_CELLS
     return FeatureMap(f32(mean), f32(scale), f32(comps))
 
 
-def project_cells(fmap: FeatureMap, blocks, *, block_cells: int = 4096) -> jax.Array:
+def project_cells(fmap: FeatureMap, blocks, *, block_cells: int | None = None) -> jax.Array:
     """``fmap`` applied to every cell of the column blocks (e.g. ``(spliced, unspliced)``), in blocks of cells."""
     import numpy as np
 
+    from .. import _matrix
+
+    block_cells = BLOCK_CELLS if block_cells is None else block_cells
     n = blocks[0].shape[0]
-    join = lambda lo, hi: jnp.asarray(np.concatenate([np.asarray(b[lo:hi], np.float32) for b in blocks], axis=1))  # noqa: E731
+    join = lambda lo, hi: jnp.asarray(np.concatenate([_matrix.block(b, lo, hi) for b in blocks], axis=1))  # noqa: E731
     if n <= block_cells:
         return fmap(join(0, n))
     return jnp.concatenate([fmap(join(lo, lo + block_cells)) for lo in range(0, n, block_cells)], axis=0)

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from anndata import AnnData
 
+from .. import _matrix
 from .._errors import ConfigError, InputError
 from .._fit import CELL_BLOCK, KINETICS, FitResult, ModelConfig, fit_arrays
 from .._io import check_obs_key
@@ -88,21 +89,27 @@ def root_cells(adata: AnnData, root_cluster: str, cluster_key: str = "clusters")
     return labels == root_cluster
 
 
-def _dense(x) -> np.ndarray:
-    return np.asarray(x.toarray() if hasattr(x, "toarray") else x, dtype=np.float32)
-
-
-def _check_layer(adata: AnnData, key: str) -> np.ndarray:
+def _check_layer(adata: AnnData, key: str):
+    """``layers[key]`` as velode fits it: dense float32, or CSR float32 if the layer is sparse (never densified)."""
     if key not in adata.layers:
         raise InputError(
             f"no layers[{key!r}] to fit: run velode.pp.preprocess(adata) first "
             "(method='none' fits the spliced/unspliced layers as they are)"
         )
-    x = _dense(adata.layers[key])
-    if not np.all(np.isfinite(x)):
-        raise InputError(f"layers[{key!r}] has {int((~np.isfinite(x)).sum())} NaN or infinite values: clean the data first")
-    if np.any(x < 0):
-        raise InputError(f"layers[{key!r}] has {int((x < 0).sum())} negative values: velode needs non-negative counts")
+    layer = adata.layers[key]
+    if _matrix.is_sparse(layer):
+        x = _matrix.as_matrix(layer)
+        values = x.data  # the stored entries; the others are zeros
+    else:
+        x = values = np.asarray(layer, dtype=np.float32)
+    if not np.all(np.isfinite(values)):
+        raise InputError(
+            f"layers[{key!r}] has {int((~np.isfinite(values)).sum())} NaN or infinite values: clean the data first"
+        )
+    if np.any(values < 0):
+        raise InputError(
+            f"layers[{key!r}] has {int((values < 0).sum())} negative values: velode needs non-negative counts"
+        )
     return x
 
 

@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from anndata import AnnData
 
+from .. import _matrix
 from .._errors import ConfigError, InputError, SolverError
 from .._fit import KINETICS, FitResult
 from .._outputs import atomic_write, write_json
@@ -303,14 +304,16 @@ def evaluate_cells(model: VelocityModel, integrator: Integrator, obs_s, obs_u, *
     latent = np.empty(n, np.float32)
     cell_z = None if model.modulator is None else np.empty((n, model.modulator.proj.shape[0]), np.float32)
     # Per-gene sums for the R^2 on these cells (float64): squared deviation from the mean, squared residual.
-    means = (obs_u.mean(0, dtype=np.float64), obs_s.mean(0, dtype=np.float64))
+    means = tuple(_matrix.column_mean(o) if _matrix.is_sparse(o) else o.mean(0, dtype=np.float64)
+                  for o in (obs_u, obs_s))
     sums = np.zeros((4, g), np.float64)
     ok = True
     for start in range(0, n, rows):
         stop = min(start + rows, n)
         x = np.zeros((rows, 2 * g), np.float32)  # the last batch is padded, so one compilation serves all
-        x[: stop - start, :g] = obs_s[start:stop]
-        x[: stop - start, g:] = obs_u[start:stop]
+        block_s, block_u = _matrix.block(obs_s, start, stop), _matrix.block(obs_u, start, stop)  # sparse: densified
+        x[: stop - start, :g] = block_s
+        x[: stop - start, g:] = block_u
         pred, z = _predict_batch(model, jnp.asarray(x), integrator, horizon, project)
         ok = ok and bool(pred.info.ok)
         m = stop - start
@@ -321,8 +324,7 @@ def evaluate_cells(model: VelocityModel, integrator: Integrator, obs_s, obs_u, *
         latent[start:stop] = np.asarray(pred.latent_time[:m])
         if cell_z is not None:
             cell_z[start:stop] = np.asarray(z[:m])
-        for j, (o, p) in enumerate(((obs_u[start:stop], res["fit_u"][start:stop]),
-                                    (obs_s[start:stop], res["fit_s"][start:stop]))):
+        for j, (o, p) in enumerate(((block_u, res["fit_u"][start:stop]), (block_s, res["fit_s"][start:stop]))):
             o64 = o.astype(np.float64)
             sums[2 * j] += ((o64 - means[j]) ** 2).sum(0)
             sums[2 * j + 1] += ((o64 - p) ** 2).sum(0)
