@@ -117,3 +117,19 @@ def test_help_lists_groups():
     assert proc.returncode == 0
     for word in ["data:", "solver:", "tsit5", "velode data=h5ad data.path=FILE"]:
         assert word in proc.stdout
+
+
+def test_compile_cache_is_filled_and_changes_nothing(tmp_path):
+    cache = tmp_path / "cache"
+    proc, first = run_cli(tmp_path, f"compile_cache={cache}", *SMALL, name="first")
+    assert proc.returncode == 0, proc.stderr
+    entries = list(cache.iterdir())
+    assert entries, "no compiled program was kept"
+    proc, second = run_cli(tmp_path, f"compile_cache={cache}", *SMALL, name="second")  # reads the programs back
+    assert proc.returncode == 0, proc.stderr
+    a, b = ad.read_h5ad(first / "velocity.h5ad"), ad.read_h5ad(second / "velocity.h5ad")
+    np.testing.assert_array_equal(a.layers["velocity"], b.layers["velocity"])
+    np.testing.assert_array_equal(a.obs["latent_time"], b.obs["latent_time"])
+    proc, _ = run_cli(tmp_path, "compile_cache=null", *SMALL, name="off", env={"VELODE_COMPILE_CACHE": str(cache / "x")})
+    assert proc.returncode == 0, proc.stderr
+    assert not (cache / "x").exists()

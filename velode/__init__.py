@@ -13,3 +13,4 @@ from ._errors import SolverError as SolverError
 from ._errors import VelodeError as VelodeError
 from ._io import read as read
 from ._io import validate as validate
+from ._settings import compile_cache as compile_cache

@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 
 from . import _outputs
 from ._errors import ConfigError, RunFolderError, VelodeError
+from ._settings import compile_cache
 
 log = logging.getLogger("velode")
 
@@ -45,6 +46,7 @@ def _app(cfg: DictConfig):
             log.info("%s holds a finished run (status %s): nothing to resume", out_dir, finished.get("status"))
             return finished.get("final_loss")
         _check_complete(cfg)
+        use_compile_cache(cfg)
         with warnings.catch_warnings():
             warnings.showwarning = _log_warning
             metrics = run(cfg, out_dir, overrides)
@@ -59,6 +61,16 @@ def _app(cfg: DictConfig):
         return _fail(out_dir, f"{type(err).__name__}: {err}", str(err), multirun, overrides)
     log.info("wrote %s (status %s, %.1f s fit)", out_dir, metrics["status"], metrics["fit_seconds"])
     return metrics["final_loss"]
+
+
+def use_compile_cache(cfg: DictConfig) -> None:
+    """Turn on JAX's persistent compilation cache in the folder ``cfg.compile_cache`` (null: off)."""
+    folder = cfg.get("compile_cache")
+    if folder:
+        try:
+            compile_cache(folder)
+        except OSError as err:  # an unwritable folder costs compilation time, not the run
+            log.warning("compile_cache=%s cannot be used (%s): compiling without a cache", folder, err)
 
 
 def _log_warning(message, category, filename, lineno, file=None, line=None):

@@ -14,7 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from . import _outputs
-from ._cli import CONFIG_DIR, _check_complete, _fail, _log_warning
+from ._cli import CONFIG_DIR, _check_complete, _fail, _log_warning, use_compile_cache
 from ._errors import ConfigError, RunFolderError, VelodeError
 
 log = logging.getLogger("velode")
@@ -100,6 +100,7 @@ def app(cfg: DictConfig):
         check_run_folder(out_dir, resume=False, overwrite=bool(cfg.get("overwrite", False)),
                          dir_key="hydra.sweep.dir" if multirun else "hydra.run.dir")
         _check_complete(cfg)
+        use_compile_cache(cfg)
         with warnings.catch_warnings():
             warnings.showwarning = _log_warning
             metrics = run_predict(cfg, out_dir, overrides)
