@@ -23,6 +23,7 @@ def test_benchmark_small_simulation(tmp_path):
     for row in velode_rows:
         assert row["time Spearman"] > 0.9 and row["genes fitted"] >= 10
         assert np.isfinite(row["fit seconds"]) and row["fit seconds"] > 0
+        assert 0 < row["compile seconds"] < row["fit seconds"]
     text = (tmp_path / "benchmark.md").read_text()
     assert "| time Spearman |" in text and "±" in text and "scVelo 0.3.4" in text
     assert json.loads((tmp_path / "benchmark.json").read_text())["simulation"]
