@@ -166,10 +166,10 @@ def fitted_cases(args):
     if args.quick:
         adata = velode.datasets.synthetic(n_cells=200, n_genes=12)
         fit_kw = dict(trainer={"progress": False, "max_steps": 60},
-                      model={"probe_steps": 20, "assign_rounds": 0, "pretrain_steps": 50})
+                      model={"probe_steps": 20, "assign_rounds": 0, "pretrain_steps": 50, "cell_rank": 0})
     else:
         adata = velode.datasets.synthetic()
-        fit_kw = dict(trainer={"progress": False})
+        fit_kw = dict(trainer={"progress": False}, model={"cell_rank": 0})
     fit_kw["kinetics"] = args.kinetics
     sources = [("synthetic", lambda: velode.pp.preprocess(adata, method="none"))]
     if args.pancreas and args.pancreas != "none":
