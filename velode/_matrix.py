@@ -46,19 +46,12 @@ def block(x, lo: int, hi: int) -> np.ndarray:
     return dense(x[lo:hi])
 
 
-def column_sums(x, power: int = 1) -> np.ndarray:
-    """Per column, the sum of ``x ** power`` over the rows (float64), without densifying ``x``."""
-    if sp.issparse(x):
-        data = np.asarray(x.data, np.float64) ** power
-        return np.bincount(x.indices, weights=data, minlength=x.shape[1])
-    out = np.zeros(x.shape[1], np.float64)
-    for lo in range(0, x.shape[0], 4096):
-        out += (np.asarray(x[lo : lo + 4096], np.float64) ** power).sum(0)
-    return out
-
-
 def column_mean(x) -> np.ndarray:
-    return column_sums(x) / max(x.shape[0], 1)
+    """Per-column mean over the rows (float64); a sparse matrix is not densified."""
+    if sp.issparse(x):
+        sums = np.bincount(x.indices, weights=np.asarray(x.data, np.float64), minlength=x.shape[1])
+        return sums / max(x.shape[0], 1)
+    return np.asarray(x).mean(0, dtype=np.float64)
 
 
 def nbytes(x) -> int:

@@ -304,8 +304,7 @@ def evaluate_cells(model: VelocityModel, integrator: Integrator, obs_s, obs_u, *
     latent = np.empty(n, np.float32)
     cell_z = None if model.modulator is None else np.empty((n, model.modulator.proj.shape[0]), np.float32)
     # Per-gene sums for the R^2 on these cells (float64): squared deviation from the mean, squared residual.
-    means = tuple(_matrix.column_mean(o) if _matrix.is_sparse(o) else o.mean(0, dtype=np.float64)
-                  for o in (obs_u, obs_s))
+    means = (_matrix.column_mean(obs_u), _matrix.column_mean(obs_s))
     sums = np.zeros((4, g), np.float64)
     ok = True
     for start in range(0, n, rows):
