@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.integrate import solve_ivp
 
-from velode.model._closed_form import solve_constant
+from velode.model._closed_form import solve_constant, solve_constant_vjp
 
 
 def _reference(u0, s0, alpha, beta, gamma, tau):
@@ -195,3 +195,72 @@ def test_gradient_at_equal_rates_in_single_precision():
     gamma = jnp.asarray([1.0, 2.5, 3.0], jnp.float32)
     g = jax.jit(jax.grad(lambda b, c: jnp.sum(solve_constant(0.1, 0.2, 1.0, b, c, 0.8)[1]), argnums=(0, 1)))(beta, gamma)
     assert all(bool(jnp.all(jnp.isfinite(x))) for x in g)
+
+
+# --------------------------------------------------------------------- the hand-written reverse mode
+
+# (gamma - beta) tau from 0 through the series switchover (|x| = 1/2) to both large signs.
+_X_VALUES = [0.0, 1e-9, -3e-7, 1e-3, -0.2, 0.49, 0.51, -0.51, 2.0, -2.0, 15.0, -15.0, 60.0, -60.0]
+
+
+def _vjp_cases(rng, dtype):
+    """Cells x genes arguments spanning the regimes of the divided difference, broadcast as in training."""
+    genes = len(_X_VALUES)
+    beta = rng.uniform(0.2, 8.0, genes)
+    tau = rng.uniform(0.0, 1.5, (9, 1))
+    tau[0] = 0.0  # no time elapsed
+    t_ref = np.maximum(tau.mean(), 0.3)
+    gamma = np.maximum(beta + np.asarray(_X_VALUES) / t_ref, 1e-3)
+    u0, s0, alpha = rng.uniform(0.0, 2.0, genes), rng.uniform(0.0, 2.0, genes), rng.uniform(0.0, 4.0, genes)
+    return tuple(jnp.asarray(v, dtype) for v in (u0, s0, alpha, beta, gamma, tau))
+
+
+def test_hand_written_gradient_equals_autodiff(x64):
+    """solve_constant_vjp: the same values as solve_constant, and gradients equal to automatic
+    differentiation of the formula (float64) in every regime of gamma - beta, for per-gene arguments
+    broadcast against per-cell durations."""
+    rng = np.random.default_rng(5)
+    args = _vjp_cases(rng, jnp.float64)
+    w_u, w_s = (jnp.asarray(rng.normal(size=(9, len(_X_VALUES)))) for _ in range(2))
+
+    def loss(f):
+        return lambda *a: jnp.sum(w_u * f(*a)[0]) + jnp.sum(w_s * f(*a)[1])
+
+    for got, want in zip(solve_constant_vjp(*args), solve_constant(*args)):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    auto = jax.grad(loss(solve_constant), argnums=range(6))(*args)
+    hand = jax.grad(loss(solve_constant_vjp), argnums=range(6))(*args)
+    for name, a, h in zip(_NAMES, auto, hand):
+        assert h.shape == a.shape and h.dtype == a.dtype, name
+        scale = float(np.max(np.abs(np.asarray(a)))) + 1e-300
+        np.testing.assert_allclose(np.asarray(h), np.asarray(a), rtol=1e-9, atol=1e-9 * scale, err_msg=name)
+
+
+@pytest.mark.parametrize("mode", GAMMA_MODES)
+def test_hand_written_gradient_matches_finite_differences(x64, mode):
+    rng = np.random.default_rng(7)
+    series = mode in ("near", "below_switchover")
+    for _ in range(4):
+        beta = rng.uniform(0.5, 8.0)
+        p = jnp.asarray([rng.uniform(0.1, 2.0), rng.uniform(0.1, 2.0), rng.uniform(0.2, 4.0), beta,
+                         _gamma_for(mode, beta, rng), rng.uniform(0.1, 1.5)], jnp.float64)
+        for which in (0, 1):
+            f = lambda q: solve_constant_vjp(*q)[which]  # noqa: E731
+            grad, fd = np.asarray(jax.grad(f)(p)), _central_fd(f, p)
+            for name, g, d in zip(_NAMES, grad, fd):
+                abs_tol = 1e-7 if series and name in ("beta", "gamma") else 1e-9
+                assert g == pytest.approx(d, rel=1e-6, abs=abs_tol), (name, mode, which)
+
+
+def test_hand_written_gradient_in_single_precision(x64):
+    """float32, as in training: finite, and within single-precision rounding of the float64 gradient."""
+    rng = np.random.default_rng(11)
+    args64 = _vjp_cases(rng, jnp.float64)
+    args32 = tuple(a.astype(jnp.float32) for a in args64)
+    loss = lambda *a: jnp.sum(solve_constant_vjp(*a)[1] ** 2 + solve_constant_vjp(*a)[0] ** 2)  # noqa: E731
+    g32 = jax.jit(jax.grad(loss, argnums=range(6)))(*args32)
+    g64 = jax.grad(loss, argnums=range(6))(*args64)
+    for name, a, b in zip(_NAMES, g32, g64):
+        assert a.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(a))), name
+        b = np.asarray(b)
+        np.testing.assert_allclose(np.asarray(a), b, rtol=1e-3, atol=1e-4 * (np.max(np.abs(b)) + 1e-12), err_msg=name)

@@ -313,9 +313,11 @@ def fit_arrays(
             mod = CellModulator(fmap.n_features, obs_s.shape[1], model_cfg.cell_rank, bound=model_cfg.cell_bound,
                                 key=jax.random.fold_in(k_enc, 1))
             model = VelocityModel(model.features, model.encoder, model.kinetics, mod)
-        compile_seconds, run_seconds = trainer.compile_seconds, trainer.run_seconds
-        trainer = Trainer(model, integrator, loss_cfg, clock_cfg, step_offset=state.step)  # schedule goes on
-        new_state = trainer.init(model, state.key)
+        if jax.tree_util.tree_structure(model) != jax.tree_util.tree_structure(state.model):
+            # New parameters (onsets, cell-specific transcription): an optimiser that knows them.
+            compile_seconds, run_seconds = trainer.compile_seconds, trainer.run_seconds
+            trainer = Trainer(model, integrator, loss_cfg, clock_cfg)
+        new_state = trainer.init(model, state.key, schedule_step=state.step)  # the schedule goes on
         new_state.step, new_state.history = state.step, state.history
         state = new_state
     if model_cfg.assign_rounds > 0:

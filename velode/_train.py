@@ -221,8 +221,9 @@ def make_optimizer(model: VelocityModel, cfg: TrainerConfig, step_offset: int = 
     )
 
 
-@eqx.filter_jit
 def _step(model, opt_state, rows, mask, data_arrays, optimizer, integrator, loss_cfg, chunk):
+    """One optimiser step on the cells ``rows`` (weighted by ``mask``): the new model and optimiser state, the loss,
+    its terms and the solve's info."""
     features, obs_u, obs_s, _, _, inv_sd_u, inv_sd_s, gene_weight = data_arrays
     (loss, (terms, info)), grads = eqx.filter_value_and_grad(loss_terms, has_aux=True)(
         model, features, obs_u, obs_s, rows, mask, inv_sd_u, inv_sd_s, gene_weight, integrator, loss_cfg, chunk
@@ -240,7 +241,6 @@ def device_mesh(cfg: TrainerConfig):
     return jax.sharding.Mesh(np.asarray(jax.devices()[:n]), ("cells",))
 
 
-@eqx.filter_jit
 def _step_sharded(model, opt_state, rows, mask, data_arrays, optimizer, integrator, loss_cfg, chunk, mesh):
     """:func:`_step` with the step's cells split over the devices of ``mesh`` (data parallel).
 
@@ -278,6 +278,63 @@ def _step_sharded(model, opt_state, rows, mask, data_arrays, optimizer, integrat
     return model, opt_state, loss, terms, info
 
 
+class _CompiledStep:
+    """The training step for one model structure, jitted over the flat list of the model's arrays.
+
+    Equinox's filter_jit splits and rebuilds the whole model on every call, which on this small
+    model costs about as much as a tenth of the step's arithmetic; here the model is split once, the
+    loop carries its arrays, and the step's scalars (loss, terms, solve info) come back as one array.
+    """
+
+    def __init__(self, model, optimizer, integrator, loss_cfg, chunk, mesh):
+        leaves, self.treedef = jax.tree_util.tree_flatten(model)
+        self.where = [i for i, x in enumerate(leaves) if eqx.is_array(x)]
+        self.static = [None if eqx.is_array(x) else x for x in leaves]
+        self.term_names = None
+        self.compiled = False
+
+        def step(arrays, opt_state, rows, mask, data_arrays):
+            args = (self.build(arrays), opt_state, rows, mask, data_arrays, optimizer, integrator, loss_cfg, chunk)
+            model, opt_state, loss, terms, info = _step(*args) if mesh is None else _step_sharded(*args, mesh)
+            self.term_names = tuple(terms)
+            scalars = jnp.stack([loss, *terms.values(), info.ok, info.num_steps, info.num_accepted_steps,
+                                 info.num_rejected_steps]).astype(jnp.float32)
+            return self.split(model), opt_state, scalars
+
+        self.fn = jax.jit(step)
+
+    @staticmethod
+    def key(model):
+        """What must match for a model to reuse this step: its structure and its non-array leaves."""
+        leaves, treedef = jax.tree_util.tree_flatten(model)
+        return treedef, tuple(None if eqx.is_array(x) else x for x in leaves)
+
+    def split(self, model):
+        leaves = jax.tree_util.tree_leaves(model)
+        return [leaves[i] for i in self.where]
+
+    def build(self, arrays):
+        leaves = list(self.static)
+        for i, a in zip(self.where, arrays):
+            leaves[i] = a
+        return jax.tree_util.tree_unflatten(self.treedef, leaves)
+
+    def __call__(self, arrays, opt_state, rows, mask, data_arrays):
+        """(arrays, opt_state, loss, terms, info) with loss a float, terms a dict of floats, info a dict."""
+        return self.read(self.fn(arrays, opt_state, rows, mask, data_arrays))
+
+    def read(self, out):
+        """The outputs of ``fn`` as :meth:`__call__` returns them (waits for the step)."""
+        arrays, opt_state, scalars = out
+        values = np.asarray(scalars, np.float64)
+        n = len(self.term_names)
+        terms = dict(zip(self.term_names, (float(v) for v in values[1 : 1 + n])))
+        ok, *counts = values[1 + n :]
+        info = {"ok": bool(ok), **dict(zip(("num_steps", "num_accepted_steps", "num_rejected_steps"),
+                                              (int(c) for c in counts)))}
+        return arrays, opt_state, float(values[0]), terms, info
+
+
 def solver_failure_message(integrator: Integrator, where: str) -> str:
     name = type(integrator.solver).__name__
     return (
@@ -310,8 +367,20 @@ class TrainState:
     batch_pos: int = 0
 
 
+def at_schedule_step(opt_state, step: int):
+    """``opt_state`` with every learning-rate schedule's step count set to ``step`` (the rest untouched).
+
+    Fresh optimiser moments whose schedule goes on where an earlier run left it: the same step as an
+    optimiser built with that offset, without building (and compiling) another one.
+    """
+    is_schedule = lambda x: isinstance(x, optax.ScaleByScheduleState)  # noqa: E731
+    return jax.tree_util.tree_map(
+        lambda x: x._replace(count=jnp.full_like(x.count, step)) if is_schedule(x) else x, opt_state, is_leaf=is_schedule
+    )
+
+
 class Trainer:
-    """Owns the optimiser (built once, so the jitted step compiles once per fit)."""
+    """Owns the optimiser and the jitted step (built once per model structure, so it compiles once)."""
 
     def __init__(self, model: VelocityModel, integrator: Integrator, loss_cfg: LossConfig, cfg: TrainerConfig,
                  step_offset: int = 0, *, freeze_encoder: bool = False):
@@ -325,9 +394,19 @@ class Trainer:
                 "loss.time_prior_weight compares the times of a whole batch, which is split over "
                 f"{self.mesh.size} devices: set trainer.devices=1 to use it"
             )
-        self.compiled = False
-        self.compile_seconds = 0.0  # wall time of the first step (compilation and one step)
+        self.compile_seconds = 0.0  # wall time of the first step of each compiled step (compilation and one step)
         self.run_seconds = 0.0  # wall time of every run() of this trainer, compilation included
+        self._compiled = {}  # (model structure, chunk) -> _CompiledStep
+
+    @property
+    def compiled(self) -> bool:
+        return any(c.compiled for c in self._compiled.values())
+
+    def _compiled_step(self, model, chunk: int) -> "_CompiledStep":
+        key = (_CompiledStep.key(model), chunk)
+        if key not in self._compiled:
+            self._compiled[key] = _CompiledStep(model, self.optimizer, self.integrator, self.loss_cfg, chunk, self.mesh)
+        return self._compiled[key]
 
     def _stop_diverged(self, state: TrainState, prev) -> None:
         """Stop at a non-finite loss, keeping the last parameters whose loss was finite."""
@@ -342,8 +421,12 @@ class Trainer:
             f"{state.step}, the last with a finite loss; lower trainer.lr (or trainer.encoder_lr)"
         )
 
-    def init(self, model: VelocityModel, key) -> TrainState:
-        state = TrainState(model, self.optimizer.init(eqx.filter(model, eqx.is_inexact_array)), key)
+    def init(self, model: VelocityModel, key, *, schedule_step: int = 0) -> TrainState:
+        """A fresh state; ``schedule_step``: the learning-rate schedules start at that step."""
+        opt_state = self.optimizer.init(eqx.filter(model, eqx.is_inexact_array))
+        if schedule_step:
+            opt_state = at_schedule_step(opt_state, schedule_step)
+        state = TrainState(model, opt_state, key)
         state.history = {"total": [], "reconstruction": []}
         if self.loss_cfg.consistency_weight:
             state.history["consistency"] = []
@@ -392,7 +475,9 @@ class Trainer:
             # disable=None: a bar on a terminal, nothing in a log file or a CI run.
             bar = tqdm(total=until, initial=state.step, desc=desc, leave=False, dynamic_ncols=True, disable=None)
         t_start = time.perf_counter()
-        prev = None  # model and optimiser state before the last update: their loss was finite
+        compiled = self._compiled_step(state.model, chunk)
+        params = compiled.split(state.model)  # the model's arrays, carried through the loop
+        prev = None  # the model's arrays and optimiser state before the last update: their loss was finite
         try:
             def pick(key, perm, pos):
                 """The next minibatch after (key, perm, pos): the new (key, perm, pos), its rows and arrays.
@@ -402,12 +487,13 @@ class Trainer:
                 if pos + batch > n:
                     key, sub = jax.random.split(key)
                     perm, pos = jax.random.permutation(sub, n), 0
-                rows = jnp.concatenate([perm[pos : pos + batch], jnp.zeros(pad, perm.dtype)])
+                order = np.asarray(perm)
+                rows = np.concatenate([order[pos : pos + batch], np.zeros(pad, order.dtype)])
                 step_arrays = arrays
                 if data.sparse:  # sparse data: this batch's cells, densified
-                    gathered = data.gather(np.asarray(rows), features=True)
+                    gathered = data.gather(rows, features=True)
                     step_arrays, rows = gathered[:3] + arrays[3:], gathered[3]
-                return key, perm, pos + batch, rows, step_arrays
+                return key, perm, pos + batch, jnp.asarray(rows), step_arrays
 
             ahead = None  # sparse data: the next minibatch, densified while the current step runs
             while state.step < until and state.status != "diverged":  # a diverged fit takes no more steps
@@ -416,31 +502,32 @@ class Trainer:
                     state.key, perm, pos, rows, step_arrays = ahead if ahead is not None else pick(state.key, perm, pos)
                     mask, ahead = batch_mask, None
                 t0 = time.perf_counter()
-                step_args = (state.model, state.opt_state, rows, mask, step_arrays, self.optimizer, self.integrator,
-                             self.loss_cfg, chunk)
-                if mesh is None:
-                    model, opt_state, loss, terms, info = _step(*step_args)
-                else:
-                    model, opt_state, loss, terms, info = _step_sharded(*step_args, mesh)
                 if data.sparse and batch is not None and state.step + 1 < until:
-                    ahead = pick(state.key, perm, pos)  # on the host, while the step computes
-                loss = float(loss)
-                if not self.compiled:
-                    self.compile_seconds = time.perf_counter() - t0
-                    self.compiled = True
-                if not bool(info.ok):
+                    # Dispatched first, the step computes while the next minibatch is densified on the host.
+                    out = compiled.fn(params, state.opt_state, rows, mask, step_arrays)
+                    ahead = pick(state.key, perm, pos)
+                    new_params, opt_state, loss, terms, info = compiled.read(out)
+                else:
+                    new_params, opt_state, loss, terms, info = compiled(params, state.opt_state, rows, mask, step_arrays)
+                if not compiled.compiled:
+                    self.compile_seconds += time.perf_counter() - t0
+                    compiled.compiled = True
+                if not info["ok"]:
                     raise SolverError(solver_failure_message(self.integrator, f"at training step {state.step + 1}"))
                 if not math.isfinite(loss):
+                    if prev is not None:
+                        prev = compiled.build(prev[0]), prev[1]
                     self._stop_diverged(state, prev)
+                    params = compiled.split(state.model)
                     break
-                prev = state.model, state.opt_state
-                state.model, state.opt_state = model, opt_state
+                prev = params, state.opt_state
+                params, state.opt_state = new_params, opt_state
                 state.step += 1
                 for k in state.solver_stats:
-                    state.solver_stats[k] += int(getattr(info, k))
+                    state.solver_stats[k] += info[k]
                 hist.append(loss)
                 for k, v in terms.items():
-                    state.history[k].append(float(v))
+                    state.history[k].append(v)
                 if bar is not None and (state.step % cfg.log_every == 0 or state.step == until):
                     bar.set_postfix(loss=f"{loss:.4g}")
                     bar.update(state.step - bar.n)
@@ -453,10 +540,12 @@ class Trainer:
                         state.stopped_early = True
                         break
                 if every and state.step % every == 0:
+                    state.model = compiled.build(params)
                     state.smoothed_loss, state.best_loss, state.since_best = smooth, best, since_best
                     state.batch_perm, state.batch_pos = perm, pos
                     checkpoint(state)
         finally:
+            state.model = compiled.build(params)
             if bar is not None:
                 bar.close()
             state.smoothed_loss, state.best_loss, state.since_best = smooth, best, since_best
@@ -464,7 +553,7 @@ class Trainer:
         # Each loss above is that of the parameters before an update: the last update's are checked here.
         if prev is not None and state.status != "diverged":
             if not math.isfinite(loss_value(state.model, data, self.integrator, self.loss_cfg)):
-                self._stop_diverged(state, prev)
+                self._stop_diverged(state, (compiled.build(prev[0]), prev[1]))
         elapsed = time.perf_counter() - t_start
         state.train_seconds += elapsed
         self.run_seconds += elapsed

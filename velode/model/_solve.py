@@ -14,7 +14,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from ._closed_form import solve_constant
+from ._closed_form import solve_constant, solve_constant_vjp
 from ._kinetics import AbstractKinetics, vector_field
 
 
@@ -163,7 +163,7 @@ class Evaluator(eqx.Module):
         t_ind = t if t_on is None else jnp.maximum(t - t_on, 0.0)
         if self.analytic:
             if t_sw is None:
-                return solve_constant(kin.u0, kin.s0, alpha, kin.beta, kin.gamma, t_ind)
+                return solve_constant_vjp(kin.u0, kin.s0, alpha, kin.beta, kin.gamma, t_ind)
             # One closed-form pass per entry: from the start before the switch, from the switch state after.
             dur = t_sw if t_on is None else t_sw - t_on
             u_sw, s_sw = solve_constant(kin.u0, kin.s0, kin.alpha, kin.beta, kin.gamma, dur)
@@ -174,7 +174,7 @@ class Evaluator(eqx.Module):
                 u_sw = u_0 + alpha_scale * (u_sw - u_0)
                 s_sw = s_0 + alpha_scale * (s_sw - s_0)
             on = t < t_sw
-            return solve_constant(
+            return solve_constant_vjp(
                 jnp.where(on, kin.u0, u_sw),
                 jnp.where(on, kin.s0, s_sw),
                 jnp.where(on, alpha, 0.0),
