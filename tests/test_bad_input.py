@@ -141,8 +141,10 @@ CASES = [
          api=lambda p: _fit(p, trainer={"nonsense": 1}), api_phrase="unknown trainer option(s) ['nonsense']"),
     Case("appended_unknown_key", "unknown trainer option(s) ['nonsense']", overrides=("+trainer.nonsense=1",),
          api=lambda p: _fit(p, trainer={**TINY_TRAINER, "nonsense": 1})),
-    Case("appended_unknown_model_key", "unknown model option(s) ['nonsense']: known options are ['assign_grid',",
-         overrides=("+model.nonsense=1",), api=lambda p: _fit(p, model={**TINY_MODEL, "nonsense": 1})),
+    # The command's model group also holds r2_min (an argument of tl.fit of its own): listed there only.
+    Case("appended_unknown_model_key", "'probe_steps', 'r2_min', 'rate_max', 'restart_after_probe']",
+         overrides=("+model.nonsense=1",), api=lambda p: _fit(p, model={**TINY_MODEL, "nonsense": 1}),
+         api_phrase="unknown model option(s) ['nonsense']: known options are ['assign_grid',", same=False),
     Case("appended_unknown_data_key",
          "unknown data option(s) ['nonsense'] for data=h5ad: known options are "
          "['cluster_key', 'genes', 'name', 'path', 'root_cluster', 'stage_order']",
@@ -271,3 +273,16 @@ def test_data_keys_are_those_of_the_dataset():
                                               r"options are \['cluster_key', 'genes', 'n_cells', 'n_genes', 'name', "
                                               r"'root_cluster', 'seed', 'stage_order'\]"):
             check_group_keys(compose("config", overrides=["data=synthetic", "+data.path=x.h5ad"]))
+
+
+def test_unknown_model_option_lists_the_command_s_other_options():
+    from velode.tl._fit import check_settings
+
+    with pytest.raises(velode.VelodeError) as err:
+        check_settings(model={"nonsense": 1}, other_model_options=("r2_min",))
+    message = str(err.value)
+    assert message.startswith("unknown model option(s) ['nonsense']: known options are ['assign_grid',")
+    assert "'probe_steps', 'r2_min', 'rate_max'" in message
+    with pytest.raises(velode.VelodeError) as err:
+        check_settings(model={"nonsense": 1})
+    assert "r2_min" not in str(err.value)

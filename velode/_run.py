@@ -164,7 +164,8 @@ def run(cfg: DictConfig, out_dir: Path, overrides: list[str] | None = None) -> d
     kinetics = model_cfg.pop("kinetics")
     settings = {"model": model_cfg, "loss": OmegaConf.to_container(cfg.loss, resolve=True),
                 "trainer": OmegaConf.to_container(cfg.trainer, resolve=True)}
-    check_settings(kinetics=kinetics, max_steps=cfg.solver.max_steps, n_grid=cfg.solver.n_grid, **settings)
+    check_settings(kinetics=kinetics, max_steps=cfg.solver.max_steps, n_grid=cfg.solver.n_grid,
+                   other_model_options=("r2_min",), **settings)
     check_group_keys(cfg)
     integrator_args = _integrator_args_or_error(cfg)  # a solver, controller or adjoint that cannot be built fails here
     adata = load_data(cfg.data)

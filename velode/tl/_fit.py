@@ -19,7 +19,8 @@ from ..model._kinetics import DynamicalKinetics, StandardKinetics
 from ..model._solve import Integrator, evaluate
 
 
-def _config(cls, value, what: str):
+def _config(cls, value, what: str, also=()):
+    """``value`` (a dict of options) as ``cls``; ``also``: other valid options of the group, named in the error."""
     if value is None:
         return cls()
     if isinstance(value, cls):
@@ -27,7 +28,7 @@ def _config(cls, value, what: str):
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(value) - known)
     if unknown:
-        raise ConfigError(f"unknown {what} option(s) {unknown}: known options are {sorted(known)}")
+        raise ConfigError(f"unknown {what} option(s) {unknown}: known options are {sorted(known | set(also))}")
     for f in dataclasses.fields(cls):
         if f.name in value and not _type_ok(value[f.name], f.type):
             raise ConfigError(
@@ -62,11 +63,15 @@ def _type_ok(value, typ) -> bool:
 
 
 def check_settings(*, kinetics: str = "dynamical", model=None, loss=None, trainer=None, max_steps=4096,
-                   n_grid=129) -> tuple[ModelConfig, LossConfig, TrainerConfig]:
-    """The settings of :func:`fit`, checked before any data is touched (ConfigError names the first wrong one)."""
+                   n_grid=129, other_model_options=()) -> tuple[ModelConfig, LossConfig, TrainerConfig]:
+    """The settings of :func:`fit`, checked before any data is touched (ConfigError names the first wrong one).
+
+    ``other_model_options``: options of the command line's model group that :func:`fit` takes as its own
+    arguments (e.g. ``r2_min``), listed with the known ones when an unknown option is refused.
+    """
     if kinetics not in KINETICS:
         raise ConfigError(f"unknown kinetics {kinetics!r}: choose one of {sorted(KINETICS)}")
-    model_cfg = dataclasses.replace(_config(ModelConfig, model, "model"), kinetics=kinetics)
+    model_cfg = dataclasses.replace(_config(ModelConfig, model, "model", also=other_model_options), kinetics=kinetics)
     loss_cfg = _config(LossConfig, loss, "loss")
     trainer_cfg = _config(TrainerConfig, trainer, "trainer")
     check_trainer(trainer_cfg)
