@@ -478,6 +478,10 @@ class Trainer:
         compiled = self._compiled_step(state.model, chunk)
         params = compiled.split(state.model)  # the model's arrays, carried through the loop
         prev = None  # the model's arrays and optimiser state before the last update: their loss was finite
+
+        def undo_to(prev):  # the model and optimiser state to go back to after a non-finite loss
+            return None if prev is None else (compiled.build(prev[0]), prev[1])
+
         try:
             def pick(key, perm, pos):
                 """The next minibatch after (key, perm, pos): the new (key, perm, pos), its rows and arrays.
@@ -515,9 +519,7 @@ class Trainer:
                 if not info["ok"]:
                     raise SolverError(solver_failure_message(self.integrator, f"at training step {state.step + 1}"))
                 if not math.isfinite(loss):
-                    if prev is not None:
-                        prev = compiled.build(prev[0]), prev[1]
-                    self._stop_diverged(state, prev)
+                    self._stop_diverged(state, undo_to(prev))
                     params = compiled.split(state.model)
                     break
                 prev = params, state.opt_state
@@ -553,7 +555,7 @@ class Trainer:
         # Each loss above is that of the parameters before an update: the last update's are checked here.
         if prev is not None and state.status != "diverged":
             if not math.isfinite(loss_value(state.model, data, self.integrator, self.loss_cfg)):
-                self._stop_diverged(state, (compiled.build(prev[0]), prev[1]))
+                self._stop_diverged(state, undo_to(prev))
         elapsed = time.perf_counter() - t_start
         state.train_seconds += elapsed
         self.run_seconds += elapsed
