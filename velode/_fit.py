@@ -112,10 +112,17 @@ def _init_kinetics(kind: str, t, obs_s, obs_u, cfg: ModelConfig):
     u_hi = np.maximum(by_genes(lambda x: np.quantile(x, 0.98, axis=0), obs_u), 1e-3)
     s_hi = np.maximum(by_genes(lambda x: np.quantile(x, 0.98, axis=0), obs_s), 1e-3)
     beta = np.full(n_genes, cfg.init_rate)
+    # Observed unspliced is modelled as scale * u. Unspliced counts are often far below spliced ones
+    # (hormone genes: 1/100 and less); with scale 1, u and s could only be reconciled by gamma << beta,
+    # a gene that never degrades its spliced mRNA and so never turns down. u starts on the scale of s
+    # instead (their 98% quantiles equal; scVelo starts its scaling at the ratio of their spreads), so the
+    # rates start comparable.
+    scale = np.clip(u_hi / s_hi, 1e-3, 1e3)
+    u_hi, u0 = u_hi / scale, u0 / scale
     gamma = np.clip(beta * u_hi / s_hi, 0.05, 0.9 * cfg.rate_max)
     alpha = beta * u_hi
     alpha0 = np.maximum(beta * u0, 1e-3)
-    common = dict(alpha=alpha, beta=beta, gamma=gamma, scale=1.0, alpha0=alpha0, rate_max=cfg.rate_max)
+    common = dict(alpha=alpha, beta=beta, gamma=gamma, scale=scale, alpha0=alpha0, rate_max=cfg.rate_max)
     if kind == "standard":
         return StandardKinetics(n_genes, **common)
     def peak_time(x):  # mean time of the cells with the top 10% unspliced of each gene
