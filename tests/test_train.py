@@ -20,6 +20,7 @@ def _fitted(seed=0):
 
 
 def _cfg(**kw):
+    kw.setdefault("schedule", "cosine")  # the schedule these tests are about (the default is constant)
     return _train.TrainerConfig(max_steps=200, batch_size=64, progress=False, patience=0, checkpoint_every=0, **kw)
 
 

@@ -104,13 +104,21 @@ def by_genes(fn, *arrays, block: int | None = None):
                           axis=-1)
 
 
-def _init_kinetics(kind: str, t, obs_s, obs_u, cfg: ModelConfig):
-    """Rates from the data at a given clock t (numpy): steady-state ratios, early states, peak times."""
+def _high_quantiles(obs_s, obs_u):
+    """Per gene, the 98% quantiles of unspliced and spliced (floored at 1e-3): (u_hi, s_hi)."""
+    q = lambda x: np.quantile(x, 0.98, axis=0)  # noqa: E731
+    return np.maximum(by_genes(q, obs_u), 1e-3), np.maximum(by_genes(q, obs_s), 1e-3)
+
+
+def _init_kinetics(kind: str, t, obs_s, obs_u, cfg: ModelConfig, high=None):
+    """Rates from the data at a given clock t (numpy): steady-state ratios, early states, peak times.
+
+    ``high``: :func:`_high_quantiles` of the same data, if already computed (they do not depend on t).
+    """
     n_genes = obs_s.shape[1]
     early = t <= np.quantile(t, 0.05)
     u0 = _matrix.take(obs_u, early).mean(0)
-    u_hi = np.maximum(by_genes(lambda x: np.quantile(x, 0.98, axis=0), obs_u), 1e-3)
-    s_hi = np.maximum(by_genes(lambda x: np.quantile(x, 0.98, axis=0), obs_s), 1e-3)
+    u_hi, s_hi = _high_quantiles(obs_s, obs_u) if high is None else high
     beta = np.full(n_genes, cfg.init_rate)
     # Observed unspliced is modelled as scale * u. Unspliced counts are often far below spliced ones
     # (hormone genes: 1/100 and less); with scale 1, u and s could only be reconciled by gamma << beta,
@@ -261,12 +269,13 @@ def fit_arrays(
     init_cells = _subset(data.n_cells, INIT_MAX_CELLS, seed)
     sub = (lambda x: x) if init_cells is None else (lambda x: x[init_cells])  # noqa: E731
     init_s, init_u = sub(obs_s), sub(obs_u)
+    high = _high_quantiles(init_s, init_u)
     encoder = TimeEncoder(fmap.n_features, width=model_cfg.encoder_width, depth=model_cfg.encoder_depth, key=k_enc)
     encoder = _pretrain_encoder(encoder, features, jnp.asarray(t_pc, jnp.float32), model_cfg.pretrain_steps)
     candidates = {
-        "forward": VelocityModel(fmap, encoder, _init_kinetics(model_cfg.kinetics, sub(t_pc), init_s, init_u, model_cfg)),
+        "forward": VelocityModel(fmap, encoder, _init_kinetics(model_cfg.kinetics, sub(t_pc), init_s, init_u, model_cfg, high)),
         "reversed": VelocityModel(
-            fmap, _reverse(encoder), _init_kinetics(model_cfg.kinetics, sub(1.0 - t_pc), init_s, init_u, model_cfg)
+            fmap, _reverse(encoder), _init_kinetics(model_cfg.kinetics, sub(1.0 - t_pc), init_s, init_u, model_cfg, high)
         ),
     }
     trainer = Trainer(candidates["forward"], integrator, loss_cfg, clock_cfg)
@@ -278,7 +287,7 @@ def fit_arrays(
         t_root = _scaled_time(graph_distance(np.asarray(features[: data.n_cells]), np.asarray(root_mask, bool)))
         enc_root = _pretrain_encoder(encoder, features[: data.n_cells], t_root, model_cfg.pretrain_steps)
         orientation = "root"
-        model = VelocityModel(fmap, enc_root, _init_kinetics(model_cfg.kinetics, sub(t_root), init_s, init_u, model_cfg))
+        model = VelocityModel(fmap, enc_root, _init_kinetics(model_cfg.kinetics, sub(t_root), init_s, init_u, model_cfg, high))
         state = trainer.init(model, k_train)
     elif resume is not None:
         # The probe finished before the checkpoint: its outcome is read, not recomputed. The state is

@@ -26,11 +26,11 @@ class LossConfig:
 
 @dataclasses.dataclass
 class TrainerConfig:
-    max_steps: int = 2000
+    max_steps: int = 1000
     optimizer: str = "adam"  # an optax optimiser taking a learning rate (see OPTIMIZERS)
     lr: float = 0.05
     encoder_lr: float = 3e-3
-    schedule: str = "cosine"  # "cosine" or "constant"
+    schedule: str = "constant"  # "constant" or "cosine"
     warmup_steps: int = 0
     batch_size: int | None = 512  # cells per step; None: full batch
     patience: int = 200
