@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import jax
 import numpy as np
 import pandas as pd
 import pytest
@@ -175,3 +176,19 @@ def test_unspliced_far_below_spliced_still_turns_genes_down():
     ratio = a.var["fit_gamma"] / a.var["fit_beta"]
     true_ratio = a.var["true_gamma"] / a.var["true_beta"]
     assert np.median(ratio / true_ratio) > 0.3
+
+
+def test_starting_kinetics_from_precomputed_quantiles_are_the_same():
+    """fit_arrays computes the clock-independent quantiles once for every candidate clock: the rates must be
+    those computed from scratch at each clock."""
+    from velode._fit import ModelConfig, _high_quantiles, _init_kinetics
+
+    rng = np.random.default_rng(0)
+    s = rng.gamma(2.0, 1.0, (300, 12)).astype(np.float32)
+    u = (rng.gamma(2.0, 1.0, (300, 12)) / rng.uniform(1, 300, 12)).astype(np.float32)
+    high = _high_quantiles(s, u)
+    for t in (rng.uniform(size=300), np.linspace(1, 0, 300)):
+        a = _init_kinetics("dynamical", t, s, u, ModelConfig())
+        b = _init_kinetics("dynamical", t, s, u, ModelConfig(), high)
+        for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))

@@ -269,14 +269,16 @@ def fit_arrays(
     init_cells = _subset(data.n_cells, INIT_MAX_CELLS, seed)
     sub = (lambda x: x) if init_cells is None else (lambda x: x[init_cells])  # noqa: E731
     init_s, init_u = sub(obs_s), sub(obs_u)
-    high = _high_quantiles(init_s, init_u)
+    high = _high_quantiles(init_s, init_u)  # they do not depend on the clock: computed once
+
+    def kinetics_at(t):  # starting rates read off the data at the clock t (cells,)
+        return _init_kinetics(model_cfg.kinetics, sub(t), init_s, init_u, model_cfg, high)
+
     encoder = TimeEncoder(fmap.n_features, width=model_cfg.encoder_width, depth=model_cfg.encoder_depth, key=k_enc)
     encoder = _pretrain_encoder(encoder, features, jnp.asarray(t_pc, jnp.float32), model_cfg.pretrain_steps)
     candidates = {
-        "forward": VelocityModel(fmap, encoder, _init_kinetics(model_cfg.kinetics, sub(t_pc), init_s, init_u, model_cfg, high)),
-        "reversed": VelocityModel(
-            fmap, _reverse(encoder), _init_kinetics(model_cfg.kinetics, sub(1.0 - t_pc), init_s, init_u, model_cfg, high)
-        ),
+        "forward": VelocityModel(fmap, encoder, kinetics_at(t_pc)),
+        "reversed": VelocityModel(fmap, _reverse(encoder), kinetics_at(1.0 - t_pc)),
     }
     trainer = Trainer(candidates["forward"], integrator, loss_cfg, clock_cfg)
     setup_seconds = time.perf_counter() - t_setup
@@ -287,7 +289,7 @@ def fit_arrays(
         t_root = _scaled_time(graph_distance(np.asarray(features[: data.n_cells]), np.asarray(root_mask, bool)))
         enc_root = _pretrain_encoder(encoder, features[: data.n_cells], t_root, model_cfg.pretrain_steps)
         orientation = "root"
-        model = VelocityModel(fmap, enc_root, _init_kinetics(model_cfg.kinetics, sub(t_root), init_s, init_u, model_cfg, high))
+        model = VelocityModel(fmap, enc_root, kinetics_at(t_root))
         state = trainer.init(model, k_train)
     elif resume is not None:
         # The probe finished before the checkpoint: its outcome is read, not recomputed. The state is
