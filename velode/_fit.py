@@ -50,7 +50,7 @@ class ModelConfig:
     cell_bound: float = 0.5  # |z_c . w_g| is softly bounded by this (alpha varies at most e^bound-fold)
     # > 0: the cell-specific transcription is learned after the clock, in this fraction of trainer.max_steps,
     # with the clock frozen; 0: learned with the clock from the start (it then bends the clock)
-    cell_phase: float = 0.3
+    cell_phase: float = 0.125
 
 
 @dataclasses.dataclass
