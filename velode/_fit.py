@@ -151,6 +151,12 @@ def _onset_init(t, obs_u, switch):
     return np.clip(first - 0.1, 0.02, 0.8 * np.asarray(switch))
 
 
+#: Learning rates of the cell-specific phase, as factors of trainer.lr (the kinetics, which the phase only
+#: refines) and of trainer.encoder_lr (the cell-specific factor; the encoder itself is frozen). The phase is
+#: short (model.cell_phase, 100 of the default 800 steps), so its steps are 3x those of a 300-step phase.
+CELL_LR = 0.6
+CELL_MODULATION_LR = 3.0
+
 _PRETRAIN_OPT = optax.adam(1e-2)
 
 
@@ -369,8 +375,8 @@ def fit_arrays(
         compile_seconds += trainer.compile_seconds
         run_seconds += trainer.run_seconds
         start = resume["start"] if here("cell") else state.step
-        cell_cfg = dataclasses.replace(trainer_cfg, max_steps=start + cell_steps,
-                                       lr=trainer_cfg.lr * 0.2, schedule="constant")
+        cell_cfg = dataclasses.replace(trainer_cfg, max_steps=start + cell_steps, lr=trainer_cfg.lr * CELL_LR,
+                                       encoder_lr=trainer_cfg.encoder_lr * CELL_MODULATION_LR, schedule="constant")
         trainer = Trainer(model, integrator, loss_cfg, cell_cfg, freeze_encoder=True)
         new_state = trainer.init(model, state.key)
         new_state.step, new_state.history = state.step, state.history
