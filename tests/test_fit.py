@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import pytest
@@ -192,3 +193,44 @@ def test_starting_kinetics_from_precomputed_quantiles_are_the_same():
         b = _init_kinetics("dynamical", t, s, u, ModelConfig(), high)
         for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
             np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_an_empty_stretch_of_the_clock_above_the_median_is_found():
+    """_gap_start: where cells placed beyond an unused stretch of the clock begin to be cut off, or None."""
+    from velode._fit import _gap_start
+
+    rng = np.random.default_rng(0)
+    bulk = rng.uniform(0.0, 0.6, 900)
+    # the earliest cells fitted at the far, unused end of the clock (a gene back from repression)
+    start = _gap_start(np.concatenate([bulk, rng.uniform(0.95, 1.0, 100)]), 0.1)
+    assert start == pytest.approx(bulk.max())
+    assert _gap_start(rng.uniform(0.0, 1.0, 1000), 0.1) is None  # no stretch as long
+    # an empty stretch below the median (a population ahead of the rest) is left alone
+    assert _gap_start(np.concatenate([rng.uniform(0.0, 0.05, 100), rng.uniform(0.4, 1.0, 900)]), 0.1) is None
+    assert _gap_start(np.concatenate([bulk, rng.uniform(0.65, 1.0, 100)]), 0.1) is None  # 0.05 < 0.1
+
+
+def test_times_are_assigned_on_the_grid_up_to_t_max():
+    """assign_times(t_max=...): each cell's least-squares best among the grid points of [0, t_max] (brute force)."""
+    from velode._fit import ModelConfig, _init_kinetics, assign_times
+    from velode._train import TrainData
+    from velode.model._solve import Integrator, evaluate
+
+    rng = np.random.default_rng(1)
+    n, g, n_grid = 150, 10, 50
+    s = rng.gamma(2.0, 1.0, (n, g)).astype(np.float32)
+    u = rng.gamma(2.0, 0.5, (n, g)).astype(np.float32)
+    kin = _init_kinetics("dynamical", rng.uniform(size=n), s, u, ModelConfig())
+    w = rng.uniform(0.5, 1.5, g).astype(np.float32)
+    inv_u, inv_s = (1 / u.std(0)).astype(np.float32), (1 / s.std(0)).astype(np.float32)
+    data = TrainData.build(np.zeros((n, 3), np.float32), u, s, inv_u, inv_s, w, chunk=32)
+    for t_max in (1.0, 0.3):
+        t = np.asarray(assign_times(kin, data, Integrator(), n_grid, block=64, t_max=t_max))
+        grid = np.linspace(0.0, 1.0, n_grid) * t_max
+        pu, ps, _ = evaluate(kin, jnp.asarray(grid, jnp.float32)[:, None], Integrator(), t_end=1.0)
+        pu, ps = np.asarray(pu) * np.asarray(kin.scale), np.asarray(ps)
+        cost = (((u[:, None] - pu[None]) * inv_u) ** 2 * w).sum(-1) + (((s[:, None] - ps[None]) * inv_s) ** 2 * w).sum(-1)
+        best = cost.min(1)
+        chosen = cost[np.arange(n), np.clip(np.rint(t / t_max * (n_grid - 1)).astype(int), 0, n_grid - 1)]
+        assert t.max() <= t_max + 1e-6
+        np.testing.assert_allclose(chosen, best, rtol=1e-4)

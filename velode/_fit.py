@@ -44,13 +44,17 @@ class ModelConfig:
     # a global move per cell that gradient steps alone cannot make (it unfolds a clock that folded).
     assign_rounds: int = 3
     assign_grid: int = 200
+    # > 0: cells placed beyond an empty stretch of at least this length of the clock (above the median cell)
+    # are placed again on a grid that ends where the stretch starts. After repression a gene returns towards
+    # its starting state, so the earliest cells can fit an unused late end of the clock as well as its start.
+    assign_gap: float = 0.1
     onset: bool = False  # dynamical kinetics: learn a per-gene onset of induction (rest at alpha0 before it)
     cell_rank: int = 4  # > 0: cell-specific transcription alpha_cg = alpha_g exp(z_c . w_g), z of this rank
     restart_after_probe: bool = True  # fresh optimiser moments once the direction of time is chosen
     cell_bound: float = 0.5  # |z_c . w_g| is softly bounded by this (alpha varies at most e^bound-fold)
     # > 0: the cell-specific transcription is learned after the clock, in this fraction of trainer.max_steps,
     # with the clock frozen; 0: learned with the clock from the start (it then bends the clock)
-    cell_phase: float = 0.125
+    cell_phase: float = 0.1667  # 100 of the default 600 steps
 
 
 @dataclasses.dataclass
@@ -153,27 +157,32 @@ def _onset_init(t, obs_u, switch):
 
 #: Learning rates of the cell-specific phase, as factors of trainer.lr (the kinetics, which the phase only
 #: refines) and of trainer.encoder_lr (the cell-specific factor; the encoder itself is frozen). The phase is
-#: short (model.cell_phase, 100 of the default 800 steps), so its steps are 3x those of a 300-step phase.
+#: short (model.cell_phase, 100 of the default 600 steps), so its steps are 3x those of a 300-step phase.
 CELL_LR = 0.6
 CELL_MODULATION_LR = 3.0
 
 _PRETRAIN_OPT = optax.adam(1e-2)
+#: After a time assignment the encoder is taught the new times in this fraction of model.pretrain_steps (it
+#: starts from the clock it had, not from scratch).
+ROUND_PRETRAIN = 1 / 3
 
 
 @eqx.filter_jit
-def _pretrain_scan(encoder: TimeEncoder, features, logit, steps: int):
+def _pretrain_loop(encoder: TimeEncoder, features, logit, steps):
+    # ``steps`` is traced (a loop of any length is one program: the first pretraining and the shorter ones
+    # after each time assignment share their compilation).
     params, static = eqx.partition(encoder, eqx.is_inexact_array)
 
     def loss(p):
         z = jax.vmap(eqx.combine(p, static).mlp)(features)
         return jnp.mean((z - logit) ** 2)
 
-    def body(carry, _):
+    def body(_, carry):
         p, st = carry
         upd, st = _PRETRAIN_OPT.update(jax.grad(loss)(p), st, p)
-        return (optax.apply_updates(p, upd), st), None
+        return optax.apply_updates(p, upd), st
 
-    (params, _), _ = jax.lax.scan(body, (params, _PRETRAIN_OPT.init(params)), None, length=steps)
+    params, _ = jax.lax.fori_loop(0, steps, body, (params, _PRETRAIN_OPT.init(params)))
     return eqx.combine(params, static)
 
 
@@ -198,7 +207,7 @@ def _pretrain_encoder(encoder: TimeEncoder, features, target, steps: int) -> Tim
     if cells is not None:  # full-batch steps on a bounded number of cells: the cost does not grow with the data
         features, target = features[cells], jnp.asarray(target)[cells]
     target = jnp.clip(jnp.asarray(target, features.dtype), 0.01, 0.99)
-    return _pretrain_scan(encoder, features, jnp.log(target) - jnp.log1p(-target), int(steps))
+    return _pretrain_loop(encoder, features, jnp.log(target) - jnp.log1p(-target), jnp.int32(steps))
 
 
 def _reverse(encoder: TimeEncoder) -> TimeEncoder:
@@ -357,7 +366,12 @@ def fit_arrays(
             if state.status == "diverged":
                 break
             t_best = assign_times(state.model.kinetics, data, integrator, model_cfg.assign_grid)
-            enc = _pretrain_encoder(state.model.encoder, data.features[: data.n_cells], t_best, model_cfg.pretrain_steps)
+            if model_cfg.assign_gap > 0:
+                t_max = _gap_start(np.asarray(t_best), model_cfg.assign_gap)
+                if t_max is not None:
+                    t_best = assign_times(state.model.kinetics, data, integrator, model_cfg.assign_grid, t_max=t_max)
+            enc = _pretrain_encoder(state.model.encoder, data.features[: data.n_cells], t_best,
+                                    int(model_cfg.pretrain_steps * ROUND_PRETRAIN))
             state.model = eqx.tree_at(lambda m: m.encoder, state.model, enc)
             # New times, new loss level: plateau detection starts afresh.
             state.smoothed_loss, state.best_loss, state.since_best = float("inf"), float("inf"), 0
@@ -413,8 +427,8 @@ def _checkpointer(checkpoint_dir, model_cfg, integrator, loss_cfg, trainer_cfg, 
 
 
 @eqx.filter_jit
-def _assign(kinetics, obs_u, obs_s, rows, inv_u, inv_s, w, integrator, n_grid: int):
-    grid = jnp.linspace(0.0, 1.0, n_grid)
+def _assign(kinetics, obs_u, obs_s, rows, inv_u, inv_s, w, integrator, n_grid: int, t_max):
+    grid = jnp.linspace(0.0, 1.0, n_grid) * t_max
     u, s, _ = evaluate(kinetics, grid[:, None], integrator, t_end=1.0)
     u = u * kinetics.scale
     wu, ws = w * inv_u**2, w * inv_s**2
@@ -424,12 +438,22 @@ def _assign(kinetics, obs_u, obs_s, rows, inv_u, inv_s, w, integrator, n_grid: i
     return grid[jnp.argmin(norm[None, :] - 2 * cross, axis=1)]
 
 
+def _gap_start(t, gap: float):
+    """Where the first empty stretch of at least ``gap`` above the median of the times ``t`` starts, or None."""
+    ts = np.sort(t)
+    upper = ts[len(ts) // 2 :]
+    steps = np.diff(upper)
+    wide = np.flatnonzero(steps >= gap)
+    return None if wide.size == 0 else float(upper[wide[0]])
+
+
 #: Cells per block of a pass over every cell outside training (time assignment, outputs).
 CELL_BLOCK = 2048
 
 
-def assign_times(kinetics, data: TrainData, integrator: Integrator, n_grid: int, block: int | None = None):
-    """Each cell's best time on a uniform grid of [0, 1] given the kinetics (weighted least squares).
+def assign_times(kinetics, data: TrainData, integrator: Integrator, n_grid: int, block: int | None = None,
+                 t_max: float = 1.0):
+    """Each cell's best time on a uniform grid of [0, t_max] given the kinetics (weighted least squares).
 
     Computed for blocks of ``block`` cells (the last one padded, so one compilation serves all).
     """
@@ -439,6 +463,7 @@ def assign_times(kinetics, data: TrainData, integrator: Integrator, n_grid: int,
     for lo in range(0, n, size):
         rows = np.minimum(np.arange(lo, lo + size), n - 1).astype(np.int32)
         obs_u, obs_s, rows = data.gather(rows)
-        t = _assign(kinetics, obs_u, obs_s, rows, data.inv_sd_u, data.inv_sd_s, data.gene_weight, integrator, n_grid)
+        t = _assign(kinetics, obs_u, obs_s, rows, data.inv_sd_u, data.inv_sd_s, data.gene_weight, integrator, n_grid,
+                    jnp.float32(t_max))
         out.append(t[: min(size, n - lo)])
     return out[0] if len(out) == 1 else jnp.concatenate(out)

@@ -26,7 +26,7 @@ class LossConfig:
 
 @dataclasses.dataclass
 class TrainerConfig:
-    max_steps: int = 800
+    max_steps: int = 600
     optimizer: str = "adam"  # an optax optimiser taking a learning rate (see OPTIMIZERS)
     lr: float = 0.05
     encoder_lr: float = 3e-3
