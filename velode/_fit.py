@@ -136,13 +136,13 @@ def _init_kinetics(kind: str, t, obs_s, obs_u, cfg: ModelConfig, high=None):
     alpha0 = np.maximum(beta * u0, 1e-3)
     common = dict(alpha=alpha, beta=beta, gamma=gamma, scale=scale, alpha0=alpha0, rate_max=cfg.rate_max)
     if kind == "standard":
-        return StandardKinetics(n_genes, **common)
+        return build(StandardKinetics, n_genes, **common)
     def peak_time(x):  # mean time of the cells with the top 10% unspliced of each gene
         top = x >= np.quantile(x, 0.9, axis=0, keepdims=True)
         return (top * t[:, None]).sum(0) / np.maximum(top.sum(0), 1)
 
     peak = by_genes(peak_time, obs_u)
-    return DynamicalKinetics(n_genes, switch=np.clip(peak, 0.1, 0.95), **common)
+    return build(DynamicalKinetics, n_genes, switch=np.clip(peak, 0.1, 0.95), **common)
 
 
 def _onset_init(t, obs_u, switch):
@@ -168,10 +168,12 @@ ROUND_PRETRAIN = 1 / 3
 
 
 @eqx.filter_jit
-def _pretrain_loop(encoder: TimeEncoder, features, logit, steps):
+def _pretrain_loop(encoder: TimeEncoder, features, target, steps):
     # ``steps`` is traced (a loop of any length is one program: the first pretraining and the shorter ones
     # after each time assignment share their compilation).
     params, static = eqx.partition(encoder, eqx.is_inexact_array)
+    target = jnp.clip(target.astype(features.dtype), 0.01, 0.99)
+    logit = jnp.log(target) - jnp.log1p(-target)
 
     def loss(p):
         z = jax.vmap(eqx.combine(p, static).mlp)(features)
@@ -184,6 +186,11 @@ def _pretrain_loop(encoder: TimeEncoder, features, logit, steps):
 
     params, _ = jax.lax.fori_loop(0, steps, body, (params, _PRETRAIN_OPT.init(params)))
     return eqx.combine(params, static)
+
+
+#: ``cls(*args, **kwargs)`` as one compiled program: building a module eagerly compiles one small program per
+#: operation and shape (random initialisations, parameter transforms), seconds in a fresh process.
+build = eqx.filter_jit(lambda cls, *args, **kwargs: cls(*args, **kwargs))
 
 
 #: The encoder is taught a clock on at most this many cells (a fixed random subset of larger data).
@@ -206,10 +213,10 @@ def _pretrain_encoder(encoder: TimeEncoder, features, target, steps: int) -> Tim
     cells = _subset(features.shape[0], PRETRAIN_MAX_CELLS, 0)
     if cells is not None:  # full-batch steps on a bounded number of cells: the cost does not grow with the data
         features, target = features[cells], jnp.asarray(target)[cells]
-    target = jnp.clip(jnp.asarray(target, features.dtype), 0.01, 0.99)
-    return _pretrain_loop(encoder, features, jnp.log(target) - jnp.log1p(-target), jnp.int32(steps))
+    return _pretrain_loop(encoder, features, jnp.asarray(target), np.int32(steps))
 
 
+@eqx.filter_jit
 def _reverse(encoder: TimeEncoder) -> TimeEncoder:
     """The same encoder with time reversed: sigmoid(-z) = 1 - sigmoid(z)."""
     last = encoder.mlp.layers[-1]
@@ -289,7 +296,8 @@ def fit_arrays(
     def kinetics_at(t):  # starting rates read off the data at the clock t (cells,)
         return _init_kinetics(model_cfg.kinetics, sub(t), init_s, init_u, model_cfg, high)
 
-    encoder = TimeEncoder(fmap.n_features, width=model_cfg.encoder_width, depth=model_cfg.encoder_depth, key=k_enc)
+    encoder = build(TimeEncoder, fmap.n_features, width=model_cfg.encoder_width, depth=model_cfg.encoder_depth,
+                    key=k_enc)
     encoder = _pretrain_encoder(encoder, features, jnp.asarray(t_pc, jnp.float32), model_cfg.pretrain_steps)
     candidates = {
         "forward": VelocityModel(fmap, encoder, kinetics_at(t_pc)),
@@ -343,8 +351,8 @@ def fit_arrays(
             kin = model.kinetics.with_onset(_onset_init(sub(t_now), init_u, np.asarray(model.kinetics.switch_time())))
             model = eqx.tree_at(lambda m: m.kinetics, model, kin)
         if model_cfg.cell_rank > 0 and not model_cfg.cell_phase:
-            mod = CellModulator(fmap.n_features, obs_s.shape[1], model_cfg.cell_rank, bound=model_cfg.cell_bound,
-                                key=jax.random.fold_in(k_enc, 1))
+            mod = build(CellModulator, fmap.n_features, obs_s.shape[1], model_cfg.cell_rank,
+                        bound=model_cfg.cell_bound, key=jax.random.fold_in(k_enc, 1))
             model = VelocityModel(model.features, model.encoder, model.kinetics, mod)
         if jax.tree_util.tree_structure(model) != jax.tree_util.tree_structure(state.model):
             # New parameters (onsets, cell-specific transcription): an optimiser that knows them.
@@ -383,8 +391,8 @@ def fit_arrays(
         # The clock is fitted; now each cell may transcribe a gene more or less than the gene's alpha
         # (lineage-specific genes at one latent time), with the clock frozen so it cannot bend it.
         model = state.model
-        mod = CellModulator(fmap.n_features, obs_s.shape[1], model_cfg.cell_rank, bound=model_cfg.cell_bound,
-                            key=jax.random.fold_in(k_enc, 1))
+        mod = build(CellModulator, fmap.n_features, obs_s.shape[1], model_cfg.cell_rank, bound=model_cfg.cell_bound,
+                    key=jax.random.fold_in(k_enc, 1))
         model = VelocityModel(model.features, model.encoder, model.kinetics, mod)
         compile_seconds += trainer.compile_seconds
         run_seconds += trainer.run_seconds

@@ -423,7 +423,7 @@ class Trainer:
 
     def init(self, model: VelocityModel, key, *, schedule_step: int = 0) -> TrainState:
         """A fresh state; ``schedule_step``: the learning-rate schedules start at that step."""
-        opt_state = self.optimizer.init(eqx.filter(model, eqx.is_inexact_array))
+        opt_state = eqx.filter_jit(self.optimizer.init)(eqx.filter(model, eqx.is_inexact_array))  # one program
         if schedule_step:
             opt_state = at_schedule_step(opt_state, schedule_step)
         state = TrainState(model, opt_state, key)
