@@ -193,8 +193,9 @@ def _pretrain_loop(encoder: TimeEncoder, features, target, steps):
 build = eqx.filter_jit(lambda cls, *args, **kwargs: cls(*args, **kwargs))
 
 
-#: The encoder is taught a clock on at most this many cells (a fixed random subset of larger data).
-PRETRAIN_MAX_CELLS = 10_000
+#: The encoder is taught a clock on at most this many cells (a fixed random subset of larger data): the clock
+#: is a smooth function of 30 features, and the full-batch steps cost in proportion to the cells.
+PRETRAIN_MAX_CELLS = 2048
 #: Starting rates are read off at most this many cells (a fixed random subset of larger data).
 INIT_MAX_CELLS = 30_000
 
