@@ -144,7 +144,7 @@ CASES = [
     # The command's model group also holds r2_min (an argument of tl.fit of its own): listed there only.
     Case("appended_unknown_model_key", "'probe_steps', 'r2_min', 'rate_max', 'restart_after_probe']",
          overrides=("+model.nonsense=1",), api=lambda p: _fit(p, model={**TINY_MODEL, "nonsense": 1}),
-         api_phrase="unknown model option(s) ['nonsense']: known options are ['assign_grid',", same=False),
+         api_phrase="unknown model option(s) ['nonsense']: known options are ['assign_gap', 'assign_grid',", same=False),
     Case("appended_unknown_data_key",
          "unknown data option(s) ['nonsense'] for data=h5ad: known options are "
          "['cluster_key', 'genes', 'name', 'path', 'root_cluster', 'stage_order']",
@@ -281,7 +281,7 @@ def test_unknown_model_option_lists_the_command_s_other_options():
     with pytest.raises(velode.VelodeError) as err:
         check_settings(model={"nonsense": 1}, other_model_options=("r2_min",))
     message = str(err.value)
-    assert message.startswith("unknown model option(s) ['nonsense']: known options are ['assign_grid',")
+    assert message.startswith("unknown model option(s) ['nonsense']: known options are ['assign_gap', 'assign_grid',")
     assert "'probe_steps', 'r2_min', 'rate_max'" in message
     with pytest.raises(velode.VelodeError) as err:
         check_settings(model={"nonsense": 1})
