@@ -364,6 +364,8 @@ def fit_arrays(
         state = new_state
     if model_cfg.assign_rounds > 0:
         per_round = max(1, (clock_cfg.max_steps - state.step) // (model_cfg.assign_rounds + 1))
+        # the encoder's teaching after each assignment (at least one step, unless teaching is off)
+        round_steps = max(1, round(model_cfg.pretrain_steps * ROUND_PRETRAIN)) if model_cfg.pretrain_steps > 0 else 0
         for r in range(model_cfg.assign_rounds):
             if done("round", r):
                 continue
@@ -379,8 +381,7 @@ def fit_arrays(
                 t_max = _gap_start(np.asarray(t_best), model_cfg.assign_gap)
                 if t_max is not None:
                     t_best = assign_times(state.model.kinetics, data, integrator, model_cfg.assign_grid, t_max=t_max)
-            steps = max(1, round(model_cfg.pretrain_steps * ROUND_PRETRAIN)) if model_cfg.pretrain_steps > 0 else 0
-            enc = _pretrain_encoder(state.model.encoder, data.features[: data.n_cells], t_best, steps)
+            enc = _pretrain_encoder(state.model.encoder, data.features[: data.n_cells], t_best, round_steps)
             state.model = eqx.tree_at(lambda m: m.encoder, state.model, enc)
             # New times, new loss level: plateau detection starts afresh.
             state.smoothed_loss, state.best_loss, state.since_best = float("inf"), float("inf"), 0

@@ -64,8 +64,8 @@ def fit_feature_map(x, n_components: int = 30, *, max_cells: int | None = None, 
         # Single precision for the data and the SVD (twice as fast as double); sums in double precision.
         x = np.concatenate([_matrix.dense(b).astype(np.float32) for b in blocks], axis=1)
         mean = x.mean(0, dtype=np.float64)
-        scale = np.sqrt(np.maximum(((x - mean.astype(np.float32)) ** 2).mean(0, dtype=np.float64), 0.0))
-        sub = x
+        sub = x - mean.astype(np.float32)  # centred once: for the spread and for the projection
+        scale = np.sqrt((sub**2).mean(0, dtype=np.float64))
     else:
         total = sq = 0.0
         for lo in range(0, n, BLOCK_CELLS):  # sums over blocks of cells, in double precision
@@ -80,7 +80,7 @@ def fit_feature_map(x, n_components: int = 30, *, max_cells: int | None = None, 
         sub -= mean.astype(np.float32)
         sub /= np.where(scale > 0, scale, 1.0).astype(np.float32)
     scale = np.where(scale > 0, scale, 1.0)
-    z = sub if n > max_cells else (sub - mean.astype(np.float32)) / scale.astype(np.float32)
+    z = sub if n > max_cells else sub / scale.astype(np.float32)
     k = int(max(1, min(n_components, z.shape[0] - 1, z.shape[1])))
     _, _, vt = randomized_svd(z, k, n_iter=4, random_state=0)
     comps = vt.T
