@@ -308,3 +308,60 @@ def test_cell_specific_transcription_gets_gradients_and_reduces_to_the_plain_mod
     l_with = _loss_of_closed(with_mod, data.arrays(), CLOSED, cfg, data.chunk)[0]
     assert float(l_with) == pytest.approx(float(direct), rel=1e-6)  # features (and so z) are float32
     assert float(l_with) != pytest.approx(float(l_plain), rel=1e-6)
+
+
+def _with_modulator(model, n_features):
+    from velode.model._model import CellModulator
+
+    mod = CellModulator(n_features, N_GENES, 3, key=jax.random.key(2), init_scale=0.3)
+    mod = eqx.tree_at(lambda m: (m.proj, m.loadings), mod,
+                      (jnp.asarray(mod.proj, jnp.float64), jnp.asarray(mod.loadings, jnp.float64)))
+    return VelocityModel(model.features, model.encoder, model.kinetics, mod)
+
+
+@pytest.mark.parametrize("onset, modulated", [(False, False), (True, False), (False, True), (True, True)],
+                         ids=["plain", "onset", "cell-specific", "onset-cell-specific"])
+def test_gradient_computed_with_the_loss_matches_differentiating_the_formula(x64, monkeypatch, onset, modulated):
+    """Switching kinetics in closed form: the loss's gradient, computed in the same pass as the loss
+    (model._fused), against reverse-mode differentiation of the formula op by op and against central
+    finite differences along a random direction, in double precision."""
+    from velode.model import _fused
+
+    model, features, obs_u, obs_s, inv_u, inv_s, weight = _small_problem(onset=onset)
+    if modulated:
+        model = _with_modulator(model, features.shape[1])
+    assert _fused.supported(model.kinetics)
+    data = TrainData.build(features, obs_u, obs_s, inv_u, inv_s, weight, chunk=CHUNK)
+    cfg = LossConfig()
+
+    def value_and_grad():  # traced afresh on each call (new function): follows _fused.supported as patched
+        f = lambda m: _loss_of(m, data.arrays(), CLOSED, cfg, data.chunk)[0]  # noqa: E731
+        return eqx.filter_jit(eqx.filter_value_and_grad(f))(model), eqx.filter_jit(f)
+
+    (loss, grads), loss_fn = value_and_grad()
+    monkeypatch.setattr(_fused, "supported", lambda kin: False)
+    (loss_ref, grads_ref), _ = value_and_grad()
+    assert float(loss) == pytest.approx(float(loss_ref), rel=1e-12)
+    parts = ("encoder", "kinetics") + (("modulator",) if modulated else ())
+    for part in parts:
+        _assert_close_by_leaf(getattr(grads, part), getattr(grads_ref, part), rtol=1e-10)
+
+    # Central differences along a random direction of every trainable parameter.
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    params = eqx.tree_at(lambda m: m.features, params, replace_fn=lambda _: None)
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    rng = np.random.default_rng(3)
+    direction = [jnp.asarray(rng.normal(size=x.shape)) for x in leaves]
+    g_leaves = jax.tree_util.tree_leaves(eqx.tree_at(lambda m: m.features, eqx.filter(grads, eqx.is_inexact_array),
+                                                     replace_fn=lambda _: None))
+    analytic = sum(float(jnp.sum(g * d)) for g, d in zip(g_leaves, direction))
+    eps = 1e-6
+
+    def at(sign):
+        moved = jax.tree_util.tree_unflatten(treedef, [x + sign * eps * d for x, d in zip(leaves, direction)])
+        moved = eqx.tree_at(lambda m: m.features, moved, model.features, is_leaf=lambda x: x is None)
+        return float(loss_fn(eqx.combine(moved, static)))
+
+    monkeypatch.undo()
+    numeric = (at(1) - at(-1)) / (2 * eps)
+    assert analytic == pytest.approx(numeric, rel=1e-6, abs=1e-9)

@@ -78,3 +78,14 @@ def test_one_compiled_step_per_model_structure():
     tr2.run(tr2.init(with_onset, jax.random.PRNGKey(0)), r.data, until=3)
     assert len(tr2._compiled) == 1
     assert _train._CompiledStep.key(with_onset) != _train._CompiledStep.key(r.model)
+
+
+def test_step_compiler_options_are_used_where_xla_knows_them(monkeypatch):
+    from velode import _settings
+
+    monkeypatch.setattr(_settings, "_checked", {})
+    assert _settings.step_compiler_options() == _settings.CPU_STEP_OPTIONS  # the CPU's XLA knows them
+    # An option this XLA does not know: the step compiles with XLA's defaults instead of failing.
+    monkeypatch.setattr(_settings, "_checked", {})
+    monkeypatch.setattr(_settings, "CPU_STEP_OPTIONS", {"xla_cpu_no_such_option_here": True})
+    assert _settings.step_compiler_options() is None

@@ -27,3 +27,26 @@ def compile_cache(path: str | os.PathLike | None = None) -> Path:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     return folder
+
+
+#: XLA options of the training step on the CPU: XLA's own loops, not YNNPACK's reduction kernels, for the sums over
+#: cells of the loss's gradient (a pancreas fit ~15% faster; BENCHMARKS.md). Dropped where this XLA does not know them.
+CPU_STEP_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+_checked: dict = {}
+
+
+def step_compiler_options() -> dict | None:
+    """:data:`CPU_STEP_OPTIONS` if the default backend is the CPU and its XLA accepts them, else None."""
+    import jax
+
+    backend = jax.default_backend()
+    if backend not in _checked:
+        options = None
+        if backend == "cpu" and CPU_STEP_OPTIONS:
+            try:
+                jax.jit(lambda x: x + 1, compiler_options=CPU_STEP_OPTIONS).lower(0.0).compile()
+                options = dict(CPU_STEP_OPTIONS)
+            except jax.errors.JaxRuntimeError:  # an XLA that does not know one of them: its defaults
+                options = None
+        _checked[backend] = options
+    return _checked[backend]

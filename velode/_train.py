@@ -12,6 +12,8 @@ import optax
 
 from . import _loss, _matrix
 from ._errors import ConfigError, SolverError
+from ._settings import step_compiler_options
+from .model import _fused
 from .model._model import VelocityModel
 from .model._solve import Integrator, prepare
 
@@ -133,6 +135,17 @@ def loss_terms(model, features, obs_u, obs_s, rows, mask, inv_sd_u, inv_sd_s, ge
 
     mod = model.modulator
     z = None if mod is None else mod.embed(f)
+    fused = integrator.analytic and not project and _fused.supported(kin)
+    if fused:
+        # The closed form of switching kinetics: each chunk's gradient is computed with its value (model._fused).
+        genes = _fused.gene_terms(kin, mod is not None)
+        onset = kin.onset_time() is not None
+
+    def fused_body(carry, xs):
+        t_c, r_c, m_c, z_c = xs
+        rec = _fused.reconstruction_sum(genes, t_c, obs_u[r_c], obs_s[r_c], m_c, inv_sd_u, inv_sd_s, gene_weight,
+                                        onset=onset, modulator=mod, z=z_c)
+        return (carry[0] + rec, carry[1]), None
 
     def body(carry, xs):
         t_c, r_c, m_c, z_c = xs
@@ -154,7 +167,7 @@ def loss_terms(model, features, obs_u, obs_s, rows, mask, inv_sd_u, inv_sd_s, ge
         mask.reshape(n_chunks, chunk),
         None if z is None else z.reshape(n_chunks, chunk, z.shape[1]),
     )
-    (rec, cons), _ = jax.lax.scan(jax.checkpoint(body), (jnp.zeros(()), jnp.zeros(())), xs)
+    (rec, cons), _ = jax.lax.scan(fused_body if fused else jax.checkpoint(body), (jnp.zeros(()), jnp.zeros(())), xs)
     n_cells = jnp.sum(mask) if n_cells is None else n_cells
     terms = {"reconstruction": 0.5 * rec / (n_cells * jnp.maximum(jnp.sum(gene_weight), 1e-8))}
     if project:
@@ -301,7 +314,7 @@ class _CompiledStep:
                                  info.num_rejected_steps]).astype(jnp.float32)
             return self.split(model), opt_state, scalars
 
-        self.fn = jax.jit(step)
+        self.fn = jax.jit(step, compiler_options=step_compiler_options())
 
     @staticmethod
     def key(model):

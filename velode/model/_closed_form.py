@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 
-def _state(u0, s0, alpha, beta, gamma, tau):
+def state(u0, s0, alpha, beta, gamma, tau):
     """(u, s) and the pieces the derivatives reuse: expm1(-beta tau), expm1(-gamma tau) and the divided
     difference D = (e^{-gamma tau} - e^{-beta tau}) / (gamma - beta)."""
     z = gamma - beta
@@ -47,7 +47,7 @@ def solve_constant(u0, s0, alpha, beta, gamma, tau):
     dimensionless (gamma - beta) tau, not on gamma - beta alone: the series is accurate only while
     that product is small, whatever the rates and the duration.
     """
-    u, s, *_ = _state(u0, s0, alpha, beta, gamma, tau)
+    u, s, *_ = state(u0, s0, alpha, beta, gamma, tau)
     return u, s
 
 
@@ -62,17 +62,18 @@ def _sum_to(g, shape):
 @jax.custom_vjp
 def solve_constant_vjp(u0, s0, alpha, beta, gamma, tau):
     """:func:`solve_constant` (the same values) with a hand-written reverse-mode derivative."""
-    u, s, *_ = _state(u0, s0, alpha, beta, gamma, tau)
+    u, s, *_ = state(u0, s0, alpha, beta, gamma, tau)
     return u, s
 
 
 def _vjp_fwd(u0, s0, alpha, beta, gamma, tau):
-    u, s, ebm, egm, diff = _state(u0, s0, alpha, beta, gamma, tau)
+    u, s, ebm, egm, diff = state(u0, s0, alpha, beta, gamma, tau)
     return (u, s), ((u0, s0, alpha, beta, gamma, tau), u, s, ebm, egm, diff)
 
 
-def _vjp_bwd(res, cotangents):
-    """Partial derivatives of (u, s) in closed form, weighted by the cotangents (cu, cs).
+def weighted_partials(u0, s0, alpha, beta, gamma, tau, u, s, ebm, egm, diff, cu, cs):
+    """The partial derivatives of (u, s) in closed form, weighted by the cotangents (cu, cs): for each
+    argument x of :func:`solve_constant`, cu du/dx + cs ds/dx, entry by entry (nothing summed).
 
     With eb = e^{-beta tau}, eg = e^{-gamma tau}, D the divided difference and c = alpha - beta u0:
       du/du0 = eb, du/dalpha = (1 - eb)/beta, du/dbeta = -tau eb u0 + alpha/beta (tau eb - (1 - eb)/beta),
@@ -82,9 +83,8 @@ def _vjp_bwd(res, cotangents):
     dD/dbeta = (tau eb + D) / (gamma - beta) = tau^2 eb psi(x), x = (gamma - beta) tau and
     psi(x) = (e^{-x} - 1 + x) / x^2, from its Taylor series where |x| < 1/2 (so nothing cancels) and
     as (eg - eb + x eb) / (gamma - beta)^2 elsewhere (no factor overflows); dD/dgamma = -tau D - dD/dbeta.
+    ``u, s, ebm, egm, diff`` are what the forward pass computed (:func:`state`).
     """
-    (u0, s0, alpha, beta, gamma, tau), u, s, ebm, egm, diff = res
-    cu, cs = cotangents
     eb, eg = 1.0 + ebm, 1.0 + egm
     z = gamma - beta
     x = z * tau
@@ -97,7 +97,7 @@ def _vjp_bwd(res, cotangents):
     d_beta = jnp.where(small, tau * tau * eb * psi, (eg - eb + x * eb) / (z_safe * z_safe))
     d_gamma = -tau * diff - d_beta
     c = alpha - beta * u0
-    grads = (
+    return (
         cu * eb - cs * (beta * diff),
         cs * eg,
         cs * (diff - egm / gamma) - cu * (ebm / beta),
@@ -105,7 +105,12 @@ def _vjp_bwd(res, cotangents):
         cs * (alpha / gamma * (tau * eg + egm / gamma) - tau * s0 * eg + c * d_gamma),
         cu * (alpha - beta * u) + cs * (beta * u - gamma * s),
     )
-    args = (u0, s0, alpha, beta, gamma, tau)
+
+
+def _vjp_bwd(res, cotangents):
+    """:func:`weighted_partials`, each summed to the shape of its argument."""
+    args, u, s, ebm, egm, diff = res
+    grads = weighted_partials(*args, u, s, ebm, egm, diff, *cotangents)
     return tuple(_sum_to(g, jnp.shape(a)).astype(jnp.result_type(a)) for g, a in zip(grads, args))
 
 
