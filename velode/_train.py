@@ -141,11 +141,11 @@ def loss_terms(model, features, obs_u, obs_s, rows, mask, inv_sd_u, inv_sd_s, ge
         genes = _fused.gene_terms(kin, mod is not None)
         onset = kin.onset_time() is not None
 
-    def fused_body(carry, xs):
-        t_c, r_c, m_c, z_c = xs
-        rec = _fused.reconstruction_sum(genes, t_c, obs_u[r_c], obs_s[r_c], m_c, inv_sd_u, inv_sd_s, gene_weight,
-                                        onset=onset, modulator=mod, z=z_c)
-        return (carry[0] + rec, carry[1]), None
+        def fused_body(carry, xs):
+            t_c, r_c, m_c, z_c = xs
+            rec = _fused.reconstruction_sum(genes, t_c, obs_u[r_c], obs_s[r_c], m_c, inv_sd_u, inv_sd_s,
+                                            gene_weight, onset=onset, modulator=mod, z=z_c)
+            return (carry[0] + rec, carry[1]), None
 
     def body(carry, xs):
         t_c, r_c, m_c, z_c = xs

@@ -68,7 +68,7 @@ def _pass(onset: bool, bound: float | None, g: GeneTerms, t, z, loadings, obs_u,
         t_ind = jnp.maximum(tc - g.t_on, 0.0)
     else:
         t_ind = tc
-    if bound is not None:
+    if bound is not None:  # the cell factor of model._model.modulation, with tanh kept for its derivative
         th = jnp.tanh(z @ loadings / bound)
         mult = jnp.exp(bound * th)
         a_on = g.alpha * mult
