@@ -128,8 +128,7 @@ def _chunk(onset, bound, g, t, z, loadings, obs_u, obs_s, mask, inv_u, inv_s, w)
 
 
 def _chunk_fwd(onset, bound, g, t, z, loadings, obs_u, obs_s, mask, inv_u, inv_s, w):
-    value, d = _pass(onset, bound, g, t, z, loadings, obs_u, obs_s, mask, inv_u, inv_s, w, grads=True)
-    return value, d
+    return _pass(onset, bound, g, t, z, loadings, obs_u, obs_s, mask, inv_u, inv_s, w, grads=True)  # residuals: d
 
 
 def _chunk_bwd(onset, bound, d, ct):
