@@ -21,7 +21,8 @@ def _fitted(seed=0):
 
 def _cfg(**kw):
     kw.setdefault("schedule", "cosine")  # the schedule these tests are about (the default is constant)
-    return _train.TrainerConfig(max_steps=200, batch_size=64, progress=False, patience=0, checkpoint_every=0, **kw)
+    kw = {"max_steps": 200, "batch_size": 64, "progress": False, "patience": 0, "checkpoint_every": 0, **kw}
+    return _train.TrainerConfig(**kw)
 
 
 def test_schedule_step_equals_an_optimiser_built_with_that_offset():
@@ -89,3 +90,59 @@ def test_step_compiler_options_are_used_where_xla_knows_them(monkeypatch):
     monkeypatch.setattr(_settings, "_checked", {})
     monkeypatch.setattr(_settings, "CPU_STEP_OPTIONS", {"xla_cpu_no_such_option_here": True})
     assert _settings.step_compiler_options() is None
+
+
+def _leaves_equal(m1, m2):
+    for x, y in zip(jax.tree_util.tree_leaves(m1), jax.tree_util.tree_leaves(m2)):
+        if isinstance(x, jax.Array):
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_dispatching_the_next_step_early_changes_nothing(monkeypatch):
+    """Each step is dispatched before the previous one's loss is read (PIPELINE); minibatches, full
+    batches and a fit stopped early on a plateau give the same losses and parameters, bit for bit, as
+    reading every loss first. The step dispatched after the last one read is dropped, RNG state included."""
+    r = _fitted()
+    for kw, until in ((dict(), 23), (dict(batch_size=None), 17), (dict(patience=3, min_delta=1.0), 40)):
+        runs = []
+        for pipeline in (True, False):
+            monkeypatch.setattr(_train, "PIPELINE", pipeline)
+            tr = _train.Trainer(r.model, r.integrator, r.loss_cfg, _cfg(**kw))
+            state = tr.run(tr.init(r.model, jax.random.PRNGKey(3)), r.data, until=until)
+            state = tr.run(state, r.data, until=until + 9)  # a second run goes on from the same RNG state
+            runs.append(state)
+        a, b = runs
+        assert len(a.history["total"]) == len(b.history["total"]) and a.step == b.step
+        assert a.history["total"] == b.history["total"]
+        assert a.stopped_early == b.stopped_early
+        np.testing.assert_array_equal(np.asarray(a.key), np.asarray(b.key))
+        _leaves_equal(a.model, b.model)
+        _leaves_equal(a.opt_state, b.opt_state)
+    assert a.stopped_early and a.step < 49  # the plateau case did stop early
+
+
+def test_a_later_fit_reuses_the_compiled_steps_of_an_earlier_one(monkeypatch):
+    """Trainers with the same settings share their optimiser and compiled steps across fits: a second
+    fit compiles nothing and gives what a fit with nothing shared gives."""
+    monkeypatch.setattr(_train, "CACHE_SIZE", 8)
+    _train.clear_caches()
+    r1 = _fitted(seed=1)
+    steps = dict(_train._STEPS)
+    assert steps and r1.compile_seconds > 0
+    r2 = _fitted(seed=1)
+    assert r2.compile_seconds == 0.0  # no step compiled again
+    assert dict(_train._STEPS).keys() == steps.keys()
+    assert all(_train._STEPS[k] is v for k, v in steps.items())
+    monkeypatch.setattr(_train, "CACHE_SIZE", 0)  # nothing shared
+    r3 = _fitted(seed=1)
+    assert r3.compile_seconds > 0
+    _leaves_equal(r2.model, r1.model)
+    _leaves_equal(r3.model, r1.model)
+    # Other settings (a learning rate) get their own optimiser and step; the cache keeps at most CACHE_SIZE.
+    monkeypatch.setattr(_train, "CACHE_SIZE", 2)
+    for lr in (0.01, 0.02, 0.03):
+        tr = _train.Trainer(r1.model, r1.integrator, r1.loss_cfg, _cfg(lr=lr))
+        tr.run(tr.init(r1.model, jax.random.PRNGKey(0)), r1.data, until=2)
+    assert len(_train._STEPS) == 2 and len(_train._OPTIMIZERS) == 2
+    assert {k[1][1] for k in _train._STEPS} == {0.02, 0.03}  # the least recently used went first
+    _train.clear_caches()

@@ -1,5 +1,6 @@
 """Training: Optax, one jit-compiled step, full batch or minibatches, early stopping on a plateau."""
 
+import collections
 import dataclasses
 import math
 import time
@@ -304,7 +305,8 @@ class _CompiledStep:
         self.where = [i for i, x in enumerate(leaves) if eqx.is_array(x)]
         self.static = [None if eqx.is_array(x) else x for x in leaves]
         self.term_names = None
-        self.compiled = False
+        self.compiled = False  # whether it has run (compiled) at least once
+        self.shapes = set()  # the shapes of the arguments it has been compiled for
 
         def step(arrays, opt_state, rows, mask, data_arrays):
             args = (self.build(arrays), opt_state, rows, mask, data_arrays, optimizer, integrator, loss_cfg, chunk)
@@ -392,6 +394,40 @@ def at_schedule_step(opt_state, step: int):
     )
 
 
+#: Optimisers and compiled training steps kept for later trainers of the same settings (most recent last).
+_OPTIMIZERS: "collections.OrderedDict" = collections.OrderedDict()
+_STEPS: "collections.OrderedDict" = collections.OrderedDict()
+#: How many of each are kept: a compiled step holds its programs (a few MB) for every shape it has seen.
+CACHE_SIZE = 8
+
+
+def _cached(cache, key, make):
+    """``cache[key]``, made with ``make()`` if missing; the least recently used entry goes past CACHE_SIZE."""
+    if CACHE_SIZE <= 0:
+        return make()
+    if key in cache:
+        cache.move_to_end(key)
+        return cache[key]
+    value = cache[key] = make()
+    while len(cache) > CACHE_SIZE:
+        cache.popitem(last=False)
+    return value
+
+
+def _optimizer_and_init(optimizer):
+    return optimizer, eqx.filter_jit(optimizer.init)
+
+
+def clear_caches() -> None:
+    """Forget the optimisers and compiled steps kept for later fits (the next fit traces and compiles anew)."""
+    _OPTIMIZERS.clear()
+    _STEPS.clear()
+
+
+#: Dispatch each training step before reading the previous one's loss (see Trainer.run); results are the same.
+PIPELINE = True
+
+
 class Trainer:
     """Owns the optimiser and the jitted step (built once per model structure, so it compiles once)."""
 
@@ -400,8 +436,14 @@ class Trainer:
         self.integrator = integrator
         self.loss_cfg = loss_cfg
         self.cfg = cfg
-        self.optimizer = make_optimizer(model, cfg, step_offset, freeze_encoder=freeze_encoder)
+        check_trainer(cfg)  # every setting, also where the optimiser below comes from the cache
         self.mesh = device_mesh(cfg)
+        # What the optimiser's update depends on: its settings and the model's structure (its labels).
+        self._opt_key = (cfg.optimizer, cfg.lr, cfg.encoder_lr, cfg.schedule, cfg.warmup_steps,
+                         cfg.max_steps if cfg.schedule != "constant" else None, step_offset, freeze_encoder,
+                         _CompiledStep.key(model))
+        self.optimizer, self._init_opt = _cached(_OPTIMIZERS, self._opt_key, lambda: _optimizer_and_init(
+            make_optimizer(model, cfg, step_offset, freeze_encoder=freeze_encoder)))
         if self.mesh is not None and loss_cfg.time_prior_weight:
             raise ConfigError(
                 "loss.time_prior_weight compares the times of a whole batch, which is split over "
@@ -418,7 +460,13 @@ class Trainer:
     def _compiled_step(self, model, chunk: int) -> "_CompiledStep":
         key = (_CompiledStep.key(model), chunk)
         if key not in self._compiled:
-            self._compiled[key] = _CompiledStep(model, self.optimizer, self.integrator, self.loss_cfg, chunk, self.mesh)
+            # Shared by every trainer of the process with the same settings: a later fit of the same kind
+            # (another seed, another dataset) neither traces nor compiles its steps again.
+            options = step_compiler_options()
+            shared = (key, self._opt_key, self.integrator, self.loss_cfg, self.mesh,
+                      None if options is None else tuple(sorted(options.items())))
+            self._compiled[key] = _cached(_STEPS, shared, lambda: _CompiledStep(
+                model, self.optimizer, self.integrator, self.loss_cfg, chunk, self.mesh))
         return self._compiled[key]
 
     def _stop_diverged(self, state: TrainState, prev) -> None:
@@ -436,7 +484,7 @@ class Trainer:
 
     def init(self, model: VelocityModel, key, *, schedule_step: int = 0) -> TrainState:
         """A fresh state; ``schedule_step``: the learning-rate schedules start at that step."""
-        opt_state = eqx.filter_jit(self.optimizer.init)(eqx.filter(model, eqx.is_inexact_array))  # one program
+        opt_state = self._init_opt(eqx.filter(model, eqx.is_inexact_array))  # one program
         if schedule_step:
             opt_state = at_schedule_step(opt_state, schedule_step)
         state = TrainState(model, opt_state, key)
@@ -499,7 +547,7 @@ class Trainer:
             def pick(key, perm, pos):
                 """The next minibatch after (key, perm, pos): the new (key, perm, pos), its rows and arrays.
 
-                Pure: a minibatch prepared ahead (sparse data) is the one the next step would draw.
+                Pure: the minibatch of a step dispatched ahead is the one the step would draw.
                 """
                 if pos + batch > n:
                     key, sub = jax.random.split(key)
@@ -512,23 +560,36 @@ class Trainer:
                     step_arrays, rows = gathered[:3] + arrays[3:], gathered[3]
                 return key, perm, pos + batch, jnp.asarray(rows), step_arrays
 
-            ahead = None  # sparse data: the next minibatch, densified while the current step runs
+            def draw(key, perm, pos):
+                """The cells of the step after (key, perm, pos): the new (key, perm, pos), its rows, mask and arrays."""
+                if batch is None:
+                    return key, perm, pos, all_rows, all_mask, arrays
+                key, perm, pos, rows, step_arrays = pick(key, perm, pos)
+                return key, perm, pos, rows, batch_mask, step_arrays
+
+            shapes = (batch, pad, tuple(getattr(x, "shape", None) for x in arrays))
+            # The step dispatched ahead: its output and the (key, perm, pos) after drawing its cells. It is
+            # taken up at the next iteration, or dropped (uncommitted) if the loop stops first.
+            pending = None
             while state.step < until and state.status != "diverged":  # a diverged fit takes no more steps
-                rows, mask, step_arrays = all_rows, all_mask, arrays
-                if batch is not None:
-                    state.key, perm, pos, rows, step_arrays = ahead if ahead is not None else pick(state.key, perm, pos)
-                    mask, ahead = batch_mask, None
                 t0 = time.perf_counter()
-                if data.sparse and batch is not None and state.step + 1 < until:
-                    # Dispatched first, the step computes while the next minibatch is densified on the host.
+                if pending is None:
+                    state.key, perm, pos, rows, mask, step_arrays = draw(state.key, perm, pos)
                     out = compiled.fn(params, state.opt_state, rows, mask, step_arrays)
-                    ahead = pick(state.key, perm, pos)
-                    new_params, opt_state, loss, terms, info = compiled.read(out)
                 else:
-                    new_params, opt_state, loss, terms, info = compiled(params, state.opt_state, rows, mask, step_arrays)
-                if not compiled.compiled:
+                    out, (state.key, perm, pos) = pending
+                    pending = None
+                if PIPELINE and state.step + 1 < until:
+                    # The next step goes to the device on this step's outputs before they are read, so it
+                    # computes while the host reads this loss and draws (for sparse data, densifies) the
+                    # cells after it: the host's share of a step no longer adds to the device's.
+                    key_, perm_, pos_, rows, mask, step_arrays = draw(state.key, perm, pos)
+                    pending = (compiled.fn(out[0], out[1], rows, mask, step_arrays), (key_, perm_, pos_))
+                new_params, opt_state, loss, terms, info = compiled.read(out)
+                if shapes not in compiled.shapes:  # this call compiled the step (for these shapes)
                     self.compile_seconds += time.perf_counter() - t0
                     compiled.compiled = True
+                    compiled.shapes.add(shapes)
                 if not info["ok"]:
                     raise SolverError(solver_failure_message(self.integrator, f"at training step {state.step + 1}"))
                 if not math.isfinite(loss):
