@@ -146,3 +146,19 @@ def test_a_later_fit_reuses_the_compiled_steps_of_an_earlier_one(monkeypatch):
     assert len(_train._STEPS) == 2 and len(_train._OPTIMIZERS) == 2
     assert {k[1][1] for k in _train._STEPS} == {0.02, 0.03}  # the least recently used went first
     _train.clear_caches()
+
+
+def test_settings_that_cannot_be_hashed_train_without_the_cache():
+    """An integrator holding a dict (Diffrax's BacksolveAdjoint) cannot key the cache: its trainer
+    builds its own optimiser and step, and trains."""
+    import diffrax
+
+    r = _fitted()
+    integrator = _train.Integrator(solver=diffrax.Tsit5(), adjoint=diffrax.BacksolveAdjoint(),
+                                   stepsize_controller=diffrax.PIDController(rtol=1e-3, atol=1e-3))
+    model = dataclasses.replace(r.model, modulator=None) if r.model.modulator is not None else r.model
+    before = dict(_train._STEPS)
+    tr = _train.Trainer(model, integrator, r.loss_cfg, _cfg(max_steps=4))
+    state = tr.run(tr.init(model, jax.random.PRNGKey(0)), r.data)
+    assert state.step == 4 and np.isfinite(state.history["total"]).all()
+    assert dict(_train._STEPS).keys() == before.keys()

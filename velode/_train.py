@@ -402,7 +402,14 @@ CACHE_SIZE = 8
 
 
 def _cached(cache, key, make):
-    """``cache[key]``, made with ``make()`` if missing; the least recently used entry goes past CACHE_SIZE."""
+    """``cache[key]``, made with ``make()`` if missing; the least recently used entry goes past CACHE_SIZE.
+
+    A key that cannot be hashed (settings holding a dict, e.g. Diffrax's BacksolveAdjoint) is not cached.
+    """
+    try:
+        hash(key)
+    except TypeError:
+        return make()
     if CACHE_SIZE <= 0:
         return make()
     if key in cache:
