@@ -305,7 +305,6 @@ class _CompiledStep:
         self.where = [i for i, x in enumerate(leaves) if eqx.is_array(x)]
         self.static = [None if eqx.is_array(x) else x for x in leaves]
         self.term_names = None
-        self.compiled = False  # whether it has run (compiled) at least once
         self.shapes = set()  # the shapes of the arguments it has been compiled for
 
         def step(arrays, opt_state, rows, mask, data_arrays):
@@ -334,12 +333,14 @@ class _CompiledStep:
             leaves[i] = a
         return jax.tree_util.tree_unflatten(self.treedef, leaves)
 
-    def __call__(self, arrays, opt_state, rows, mask, data_arrays):
-        """(arrays, opt_state, loss, terms, info) with loss a float, terms a dict of floats, info a dict."""
-        return self.read(self.fn(arrays, opt_state, rows, mask, data_arrays))
+    @property
+    def compiled(self) -> bool:
+        """Whether it has been compiled (for some shapes)."""
+        return bool(self.shapes)
 
     def read(self, out):
-        """The outputs of ``fn`` as :meth:`__call__` returns them (waits for the step)."""
+        """The outputs of ``fn``: (arrays, opt_state, loss, terms, info) with loss a float, terms a dict of
+        floats, info a dict (waits for the step)."""
         arrays, opt_state, scalars = out
         values = np.asarray(scalars, np.float64)
         n = len(self.term_names)
@@ -406,11 +407,11 @@ def _cached(cache, key, make):
 
     A key that cannot be hashed (settings holding a dict, e.g. Diffrax's BacksolveAdjoint) is not cached.
     """
+    if CACHE_SIZE <= 0:
+        return make()
     try:
         hash(key)
     except TypeError:
-        return make()
-    if CACHE_SIZE <= 0:
         return make()
     if key in cache:
         cache.move_to_end(key)
@@ -595,7 +596,6 @@ class Trainer:
                 new_params, opt_state, loss, terms, info = compiled.read(out)
                 if shapes not in compiled.shapes:  # this call compiled the step (for these shapes)
                     self.compile_seconds += time.perf_counter() - t0
-                    compiled.compiled = True
                     compiled.shapes.add(shapes)
                 if not info["ok"]:
                     raise SolverError(solver_failure_message(self.integrator, f"at training step {state.step + 1}"))
