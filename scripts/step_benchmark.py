@@ -69,18 +69,21 @@ def main(argv=None):
     for name, model in models.items():
         params, static = eqx.partition(model, eqx.is_inexact_array)
         compiled, compile_s = {}, {}
-        for label, (one_pass, options) in variants.items():
-            _fused.supported = supported if one_pass else (lambda kin: False)
+        try:
+            for label, (one_pass, options) in variants.items():
+                _fused.supported = supported if one_pass else (lambda kin: False)
 
-            def loss(p):
-                return _train.loss_terms(eqx.combine(p, static), arrays[0], arrays[1], arrays[2], rows, mask,
-                                         arrays[5], arrays[6], arrays[7], fit.integrator, fit.loss_cfg, data.chunk)[0]
+                def loss(p):
+                    return _train.loss_terms(eqx.combine(p, static), arrays[0], arrays[1], arrays[2], rows, mask,
+                                             arrays[5], arrays[6], arrays[7], fit.integrator, fit.loss_cfg,
+                                             data.chunk)[0]
 
-            t0 = time.perf_counter()
-            compiled[label] = jax.jit(jax.value_and_grad(loss), compiler_options=options).lower(params).compile()
-            compile_s[label] = time.perf_counter() - t0
-            jax.block_until_ready(compiled[label](params))
-        _fused.supported = supported
+                t0 = time.perf_counter()
+                compiled[label] = jax.jit(jax.value_and_grad(loss), compiler_options=options).lower(params).compile()
+                compile_s[label] = time.perf_counter() - t0
+                jax.block_until_ready(compiled[label](params))
+        finally:  # the path choice is put back even if a variant fails (the script also runs inside tests)
+            _fused.supported = supported
         # Every variant computes the same loss and gradient (up to float32 rounding): largest difference from the
         # first, relative to each leaf's largest entry.
         outs = {label: jax.tree_util.tree_leaves(fn(params)) for label, fn in compiled.items()}

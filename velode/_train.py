@@ -552,11 +552,13 @@ class Trainer:
             return None if prev is None else (compiled.build(prev[0]), prev[1])
 
         try:
-            def pick(key, perm, pos):
-                """The next minibatch after (key, perm, pos): the new (key, perm, pos), its rows and arrays.
+            def draw(key, perm, pos):
+                """The cells of the step after (key, perm, pos): the new (key, perm, pos), its rows, mask and arrays.
 
-                Pure: the minibatch of a step dispatched ahead is the one the step would draw.
+                Pure: the cells of a step dispatched ahead are the ones the step would draw.
                 """
+                if batch is None:
+                    return key, perm, pos, all_rows, all_mask, arrays
                 if pos + batch > n:
                     key, sub = jax.random.split(key)
                     perm, pos = jax.random.permutation(sub, n), 0
@@ -566,14 +568,7 @@ class Trainer:
                 if data.sparse:  # sparse data: this batch's cells, densified
                     gathered = data.gather(rows, features=True)
                     step_arrays, rows = gathered[:3] + arrays[3:], gathered[3]
-                return key, perm, pos + batch, jnp.asarray(rows), step_arrays
-
-            def draw(key, perm, pos):
-                """The cells of the step after (key, perm, pos): the new (key, perm, pos), its rows, mask and arrays."""
-                if batch is None:
-                    return key, perm, pos, all_rows, all_mask, arrays
-                key, perm, pos, rows, step_arrays = pick(key, perm, pos)
-                return key, perm, pos, rows, batch_mask, step_arrays
+                return key, perm, pos + batch, jnp.asarray(rows), batch_mask, step_arrays
 
             shapes = (batch, pad, tuple(getattr(x, "shape", None) for x in arrays))
             # The step dispatched ahead: its output and the (key, perm, pos) after drawing its cells. It is
