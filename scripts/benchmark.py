@@ -180,12 +180,59 @@ def table(title: str, methods: dict, keys: list[str]) -> str:
     return "\n".join(lines)
 
 
+def environment() -> dict:
+    """Versions of what the numbers depend on (the UMAP, hence CBDir, moves with umap-learn and scikit-learn)."""
+    from importlib import metadata
+
+    out = {}
+    for pkg in ["velode", "jax", "jaxlib", "equinox", "diffrax", "optax", "numpy", "scipy", "anndata", "scanpy",
+                "scvelo", "umap-learn", "pynndescent", "scikit-learn", "numba"]:
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
 # ----------------------------------------------------------------------------------------- main
 
 
-def run_pancreas(path, seeds, use_scvelo, n_jobs, max_steps, log):
+def external_rows(base, externals: dict, log) -> dict:
+    """Score other tools' velocities (scripts/other_tools.py) on this run's data, graph and UMAP.
+
+    ``externals``: display name -> .h5ad written by other_tools.py on the data of ``--save-harness``.
+    Each tool's velocity graph is built on its own genes and its own ``Ms`` (veloVI min-max scales it).
+    """
+    import anndata as ad
+
+    methods = {}
+    for name, paths in externals.items():
+        rows = []
+        for path in paths:
+            e = ad.read_h5ad(path)
+            if list(e.obs_names) != list(base.obs_names) or not set(e.var_names) <= set(base.var_names):
+                raise SystemExit(f"error: {path} was not fitted on this run's preprocessed cells and genes; "
+                                 "fit it on the file written by --save-harness")
+            b = base[:, e.var_names].copy()
+            b.layers["Ms"] = np.asarray(e.layers["Ms"])
+            b.layers["velocity"] = np.asarray(e.layers["velocity"])
+            b.var["velocity_genes"] = np.asarray(e.var["velocity_genes"], bool)
+            b.obs["latent_time"] = np.asarray(e.obs["latent_time"], float)
+            project(b, True)
+            rows.append({"fit seconds": float(e.uns["fit_seconds"]), **pancreas_scores(b)})
+            log(f"{name} ({path}): fitted apart in {rows[-1]['fit seconds']:.0f} s, CBDir {rows[-1]['CBDir']:.3f}")
+        methods[f"{name} ({len(paths)} fit{'s' if len(paths) > 1 else ''}, run apart)"] = rows
+    return methods
+
+
+def run_pancreas(path, seeds, use_scvelo, n_jobs, max_steps, log, save_harness=None, externals=None):
     base = preprocess_pancreas(path, use_scvelo)
     log(f"pancreas: {base.n_obs} cells x {base.n_vars} genes after preprocessing")
+    if save_harness:
+        from velode import _outputs
+
+        _outputs.atomic_write(Path(save_harness), lambda tmp: base.write_h5ad(tmp))
+        log(f"preprocessed data and UMAP written to {save_harness}")
     methods, times = {}, {}
     if use_scvelo:
         a = base.copy()
@@ -209,6 +256,8 @@ def run_pancreas(path, seeds, use_scvelo, n_jobs, max_steps, log):
         for r in rows:
             r["scVelo time / velode time"] = times["scvelo"] / r["fit seconds"]
         methods["scVelo 0.3.4 (dynamical)"][0]["scVelo time / velode time"] = 1.0
+    if externals:
+        methods.update(external_rows(base, externals, log))
     return methods
 
 
@@ -252,7 +301,20 @@ def main(argv=None) -> dict:
                     help="compile every velode fit (default: a fresh compilation cache, so the first fit compiles and "
                          "the others read its programs back, as the jobs of a sweep do)")
     ap.add_argument("--out", default="docs/benchmark", help="folder for benchmark.md and benchmark.json")
+    ap.add_argument("--save-harness", metavar="PATH", default=None,
+                    help="write the preprocessed pancreas data and its UMAP here, for scripts/other_tools.py")
+    ap.add_argument("--external", metavar="NAME=PATH[,PATH...]", nargs="*", default=[],
+                    help="add another tool's pancreas velocities (scripts/other_tools.py output, one file per seed)")
     args = ap.parse_args(argv)
+    externals = {}
+    for item in args.external:
+        name, sep, paths = item.partition("=")
+        if not sep or not name or not paths:
+            ap.error(f"--external takes NAME=PATH[,PATH...], got {item!r}")
+        missing = [p for p in paths.split(",") if not Path(p).exists()]
+        if missing:
+            ap.error(f"--external {name}: no such file: {missing[0]}")
+        externals[name] = paths.split(",")
     use_scvelo = _have_scvelo() and not args.no_scvelo
     if not args.no_compile_cache:
         import tempfile
@@ -269,9 +331,12 @@ def main(argv=None) -> dict:
     import sys
 
     words = sys.argv[1:] if argv is None else argv
-    header = ["## velode vs scVelo", "", "Command: `python scripts/benchmark.py " + " ".join(words) + "`", ""]
+    env = environment()
+    header = ["## velode vs scVelo", "", "Command: `python scripts/benchmark.py " + " ".join(words) + "`", "",
+              "Versions: " + ", ".join(f"{k} {v}" for k, v in env.items() if v) + ".", ""]
     if args.pancreas != "none" and Path(args.pancreas).exists():
-        pan = run_pancreas(args.pancreas, args.seeds, use_scvelo, args.n_jobs, args.max_steps, log)
+        pan = run_pancreas(args.pancreas, args.seeds, use_scvelo, args.n_jobs, args.max_steps, log,
+                           save_harness=args.save_harness, externals=externals)
         results["pancreas"] = pan
         keys = ["fit seconds", "compile seconds", "scVelo time / velode time", "CBDir"]
         keys += [f"CBDir {a} -> {b}" for a, b in metrics.PANCREAS_TRANSITIONS]
@@ -289,7 +354,7 @@ def main(argv=None) -> dict:
     from velode import _outputs
 
     _outputs.atomic_write(out / "benchmark.md", lambda tmp: Path(tmp).write_text(text))
-    _outputs.write_json(out / "benchmark.json", results)
+    _outputs.write_json(out / "benchmark.json", {**results, "environment": env})
     print(text)
     return results
 

@@ -39,3 +39,66 @@ def test_cbdir_table_keys_cover_every_transition():
 
     assert len(PANCREAS_TRANSITIONS) == 7
     assert set(bench.STAGES) == {a for a, _ in PANCREAS_TRANSITIONS} | {b for _, b in PANCREAS_TRANSITIONS}
+
+
+def _harness_like(n_cells=300, n_genes=30):
+    """A simulation dressed as the pancreas harness: clusters in time order, a 2-D embedding, a kNN graph."""
+    import pandas as pd
+
+    import velode
+
+    bench = _load()
+    a = bench._scvelo_ready_simulation(velode.datasets.simulation(n_cells=n_cells, n_genes=n_genes, seed=0))
+    t = np.asarray(a.obs["true_time"])
+    rank = np.argsort(np.argsort(t)) / len(t)
+    names = np.array(["Ductal", "Ngn3 low EP", "Ngn3 high EP", "Pre-endocrine"])
+    labels = names[np.minimum((rank / 0.15).astype(int), 3)]
+    late = rank >= 0.6
+    labels[late] = np.array(["Alpha", "Beta", "Delta", "Epsilon"])[np.arange(late.sum()) % 4]
+    a.obs["clusters"] = pd.Categorical(labels)
+    ms = np.asarray(a.layers["Ms"], float)
+    ms = ms - ms.mean(0)
+    a.obsm["X_umap"] = ms @ np.linalg.svd(ms, full_matrices=False)[2][:2].T
+    return a
+
+
+def _external_file(path, a, velocity, genes, seconds=12.0):
+    from anndata import AnnData
+
+    e = AnnData(obs=a.obs[[]].assign(latent_time=np.asarray(a.obs["true_time"], float)),
+                var=a.var.iloc[genes][[]].assign(velocity_genes=True),
+                layers={"velocity": velocity[:, genes].astype(np.float32),
+                        "Ms": np.asarray(a.layers["Ms"])[:, genes].astype(np.float32)})
+    e.uns["fit_seconds"] = seconds
+    e.write_h5ad(path)
+    return str(path)
+
+
+def test_other_tools_are_scored_on_the_runs_graph_and_embedding(tmp_path):
+    """--external: a tool's velocities (other_tools.py layout) are projected and scored like velode's."""
+    import pytest
+
+    bench = _load()
+    a = _harness_like()
+    truth = np.asarray(a.layers["true_velocity"], float)
+    genes = np.arange(0, a.n_vars, 2)  # the tool kept half the genes: the graph is built on those
+    good = _external_file(tmp_path / "good.h5ad", a, truth, genes)
+    bad = _external_file(tmp_path / "bad.h5ad", a, -truth, genes, seconds=30.0)
+    rows = bench.external_rows(a, {"right": [good], "reversed": [bad, bad]}, log=lambda m: None)
+    right = rows["right (1 fit, run apart)"]
+    wrong = rows["reversed (2 fits, run apart)"]
+    assert len(right) == 1 and len(wrong) == 2
+    assert right[0]["fit seconds"] == 12.0 and wrong[0]["fit seconds"] == 30.0
+    assert right[0]["velocity genes"] == len(genes)
+    assert right[0]["CBDir Ngn3 low EP -> Ngn3 high EP"] > 0.5 > -0.5 > wrong[0]["CBDir Ngn3 low EP -> Ngn3 high EP"]
+    assert right[0]["CBDir"] > wrong[0]["CBDir"] + 0.5
+    assert right[0]["stage Spearman"] > 0.8
+    # a file fitted on other cells is refused with what to do
+    _external_file(tmp_path / "other.h5ad", a[::-1].copy(), truth[::-1], genes)
+    with pytest.raises(SystemExit, match="--save-harness"):
+        bench.external_rows(a, {"x": [str(tmp_path / "other.h5ad")]}, log=lambda m: None)
+
+
+def test_benchmark_records_the_versions_its_numbers_depend_on():
+    env = _load().environment()
+    assert env["velode"] and env["jax"] and env["umap-learn"] and env["scikit-learn"]

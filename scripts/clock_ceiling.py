@@ -1,0 +1,104 @@
+"""How far can a velocity that follows a clock go on the pancreas harness?
+
+Fits velode (one seed) on the harness's preprocessed data, then scores several velocities on the
+same kNN graph and UMAP:
+
+- ``model``: velode's velocity;
+- ``local slope (velode clock)``: for each cell, the least-squares slope of ``Ms`` against latent
+  time over the cell and its kNN neighbours. This is the derivative of the data itself along the
+  model's clock, cell by cell, so branches stay apart. It is what a model with perfectly flexible
+  per-gene (and per-neighbourhood) trajectories on this clock would give;
+- ``local slope (diffusion pseudotime)``: the same along scanpy's diffusion pseudotime, rooted at the
+  earliest Ductal cell of the model's clock, a clock that does not come from velode;
+- ``trend, bandwidth h``: the slope of a kernel regression of ``Ms`` on latent time over all cells
+  (one trajectory per gene, all branches pooled).
+
+If the slopes score no better than the model, the model's kinetics are not what limits the score:
+the clock and the data are. Usage::
+
+    python scripts/clock_ceiling.py --pancreas ../shared/data/pancreas.h5ad --seed 0
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import velode  # noqa: E402
+from benchmark import pancreas_scores, preprocess_pancreas, project  # noqa: E402
+
+
+def local_slope(ms: np.ndarray, t: np.ndarray, connectivities) -> np.ndarray:
+    """Per cell: the slope of ms against t over the cell and its graph neighbours (cells x genes)."""
+    c = connectivities.tocsr()
+    out = np.zeros_like(ms)
+    for i in range(ms.shape[0]):
+        nb = np.append(c.indices[c.indptr[i]:c.indptr[i + 1]], i)
+        dt = t[nb] - t[nb].mean()
+        out[i] = dt @ (ms[nb] - ms[nb].mean(0)) / max(float(dt @ dt), 1e-12)
+    return out
+
+
+def trend_slope(ms: np.ndarray, t: np.ndarray, bandwidth: float, block: int = 256) -> np.ndarray:
+    """Per cell: the slope of a Gaussian-kernel local-linear regression of ms on t over all cells."""
+    out = np.zeros_like(ms)
+    for i0 in range(0, len(t), block):
+        w = np.exp(-0.5 * ((t[None, :] - t[i0:i0 + block, None]) / bandwidth) ** 2)
+        sw = w.sum(1, keepdims=True)
+        dt = t[None, :] - (w * t).sum(1, keepdims=True) / sw
+        var = (w * dt * dt).sum(1, keepdims=True) / sw
+        out[i0:i0 + block] = ((w * dt) @ ms / sw) / np.maximum(var, 1e-12)
+    return out
+
+
+def diffusion_pseudotime(adata, root: int) -> np.ndarray:
+    import scanpy as sc
+
+    b = adata.copy()
+    sc.tl.diffmap(b)
+    b.uns["iroot"] = int(root)
+    sc.tl.dpt(b)
+    return np.asarray(b.obs["dpt_pseudotime"], float)
+
+
+def score(adata, velocity: np.ndarray) -> dict:
+    b = adata.copy()
+    b.layers["velocity"] = velocity
+    project(b, True)
+    return pancreas_scores(b)
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--pancreas", required=True, help="path of the pancreas .h5ad (raw spliced/unspliced counts)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--bandwidths", type=float, nargs="*", default=[0.01, 0.05])
+    args = p.parse_args(argv)
+
+    a = preprocess_pancreas(args.pancreas, use_scvelo=True)
+    velode.tl.fit(a, seed=args.seed, trainer={"progress": False})
+    t = np.asarray(a.obs["latent_time"], float)
+    ms = np.asarray(a.layers["Ms"], float)
+    clusters = np.asarray(a.obs["clusters"])
+    ductal = np.flatnonzero(clusters == "Ductal")
+    dpt = diffusion_pseudotime(a, ductal[np.argmin(t[ductal])])
+
+    rows = {"model": score(a, np.asarray(a.layers["velocity"]))}
+    rows["local slope (velode clock)"] = score(a, local_slope(ms, t, a.obsp["connectivities"]))
+    rows["local slope (diffusion pseudotime)"] = score(a, local_slope(ms, dpt, a.obsp["connectivities"]))
+    for h in args.bandwidths:
+        rows[f"trend, bandwidth {h:g}"] = score(a, trend_slope(ms, t, h))
+
+    keys = ["CBDir"] + [k for k in rows["model"] if k.startswith("CBDir ")] + ["ICCoh"]
+    print("| velocity | " + " | ".join(k.replace("CBDir ", "") for k in keys) + " |")
+    print("|---" * (len(keys) + 1) + "|")
+    for name, r in rows.items():
+        print(f"| {name} | " + " | ".join(f"{r[k]:.3f}" for k in keys) + " |")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
