@@ -4,7 +4,7 @@ These tools need PyTorch (veloVI, through scvi-tools) or TensorFlow (UniTVelo), 
 run this script in an environment of its own, with neither velode nor JAX needed::
 
     python -m venv /tmp/velovi && /tmp/velovi/bin/pip install torch scvi-tools velovi scvelo==0.3.4
-    python -m venv /tmp/unitvelo && /tmp/unitvelo/bin/pip install unitvelo scvelo==0.3.4
+    python -m venv /tmp/unitvelo && /tmp/unitvelo/bin/pip install unitvelo tf_keras scvelo==0.3.4
 
     python scripts/benchmark.py --save-harness harness.h5ad ...          # the preprocessed data + UMAP
     /tmp/velovi/bin/python scripts/other_tools.py velovi harness.h5ad velovi_0.h5ad --seed 0
@@ -50,6 +50,9 @@ def fit_velovi(a, seed: int):
 
 
 def fit_unitvelo(a, seed: int):
+    # UniTVelo uses Keras 2's optimisers (tf.keras.optimizers.legacy): with TensorFlow >= 2.16 that is
+    # the tf_keras package, which TensorFlow takes for tf.keras when this is set before its import.
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     import tensorflow as tf
     import unitvelo as utv
 

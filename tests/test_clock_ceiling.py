@@ -1,0 +1,41 @@
+"""The clock-following velocities of scripts/clock_ceiling.py recover the truth where it is known."""
+
+import numpy as np
+import scipy.sparse as sp
+from helpers import load_script
+
+import velode
+
+
+def _cosines(a, b):
+    return np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-30)
+
+
+def _simulated(n_cells=400, n_genes=20, k=10):
+    a = velode.datasets.simulation(n_cells=n_cells, n_genes=n_genes, seed=1)
+    t = np.asarray(a.obs["true_time"], float)
+    s = np.asarray(a.layers["true_spliced"], float)
+    v = np.asarray(a.layers["true_velocity"], float)
+    order = np.argsort(np.abs(t[:, None] - t[None, :]), axis=1)[:, 1:k + 1]  # neighbours in true time
+    graph = sp.csr_matrix((np.ones(order.size), (np.repeat(np.arange(n_cells), k), order.ravel())),
+                          shape=(n_cells, n_cells))
+    return t, s, v, graph
+
+
+def test_local_slope_along_the_true_time_is_the_true_velocity():
+    cc = load_script("scripts/clock_ceiling.py")
+    t, s, v, graph = _simulated()
+    slope = cc.local_slope(s, t, graph)
+    assert np.median(_cosines(slope, v)) > 0.99
+    # along a reversed clock it points the other way; a shuffled clock gives each cell a coin-flip direction
+    assert np.median(_cosines(cc.local_slope(s, -t, graph), v)) < -0.99
+    shuffled = np.random.default_rng(0).permutation(t)
+    assert 0.2 < np.mean(_cosines(cc.local_slope(s, shuffled, graph), v) > 0) < 0.8
+
+
+def test_trend_slope_is_the_derivative_of_the_mean_trajectory():
+    cc = load_script("scripts/clock_ceiling.py")
+    t, s, v, _ = _simulated()
+    inner = (t > 0.05) & (t < 0.95)  # away from the ends, where a kernel regression is one-sided
+    assert np.median(_cosines(cc.trend_slope(s, t, 0.02)[inner], v[inner])) > 0.98
+    assert np.median(_cosines(cc.trend_slope(s, t, 0.02, block=7)[inner], v[inner])) > 0.98
