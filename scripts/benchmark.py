@@ -17,7 +17,13 @@ and the later ones read them back, as the seeds of a sweep or the reruns of one 
 (`compile seconds`: the first training step, compilation included). `--no-compile-cache` compiles
 every fit.
 
-Writes benchmark.md (the tables), benchmark.json (every number) into --out and prints the tables.
+veloVI and UniTVelo need PyTorch or TensorFlow, so they are fitted apart, in their own environments,
+by scripts/other_tools.py on the preprocessed data this script writes with `--save-harness`; `--external
+NAME=PATH` then projects and scores their velocities on this run's graph and UMAP beside the others
+(their fit seconds come from their own runs, not this one).
+
+Writes benchmark.md (the tables), benchmark.json (every number, and the versions of the packages the
+numbers depend on) into --out and prints the tables.
 """
 
 import argparse
@@ -173,7 +179,10 @@ def table(title: str, methods: dict, keys: list[str]) -> str:
     for k in keys:
         cells = []
         for n in names:
-            mean, sd = summaries[n].get(k, (float("nan"), 0.0))
+            if k not in summaries[n]:  # not measured for this method (e.g. compile seconds of another tool)
+                cells.append("-")
+                continue
+            mean, sd = summaries[n][k]
             n_rows = len(methods[n])
             cells.append(_fmt(mean) if n_rows == 1 else f"{_fmt(mean)} ± {_fmt(sd)}")
         lines.append(f"| {k} | " + " | ".join(cells) + " |")
