@@ -206,6 +206,20 @@ def environment() -> dict:
 # ----------------------------------------------------------------------------------------- main
 
 
+def check_externals(base, externals: dict) -> None:
+    """Refuse, before any fit, a file that was not fitted on this run's preprocessed cells and genes."""
+    import anndata as ad
+
+    for paths in externals.values():
+        for path in paths:
+            e = ad.read_h5ad(path, backed="r")
+            ok = list(e.obs_names) == list(base.obs_names) and set(e.var_names) <= set(base.var_names)
+            e.file.close()
+            if not ok:
+                raise SystemExit(f"error: {path} was not fitted on this run's preprocessed cells and genes; "
+                                 "fit it on the file written by --save-harness")
+
+
 def external_rows(base, externals: dict, log) -> dict:
     """Score other tools' velocities (scripts/other_tools.py) on this run's data, graph and UMAP.
 
@@ -214,14 +228,12 @@ def external_rows(base, externals: dict, log) -> dict:
     """
     import anndata as ad
 
+    check_externals(base, externals)
     methods = {}
     for name, paths in externals.items():
         rows = []
         for path in paths:
             e = ad.read_h5ad(path)
-            if list(e.obs_names) != list(base.obs_names) or not set(e.var_names) <= set(base.var_names):
-                raise SystemExit(f"error: {path} was not fitted on this run's preprocessed cells and genes; "
-                                 "fit it on the file written by --save-harness")
             b = base[:, e.var_names].copy()
             b.layers["Ms"] = np.asarray(e.layers["Ms"])
             b.layers["velocity"] = np.asarray(e.layers["velocity"])
@@ -242,6 +254,8 @@ def run_pancreas(path, seeds, use_scvelo, n_jobs, max_steps, log, save_harness=N
 
         _outputs.atomic_write(Path(save_harness), lambda tmp: base.write_h5ad(tmp))
         log(f"preprocessed data and UMAP written to {save_harness}")
+    if externals:
+        check_externals(base, externals)
     methods, times = {}, {}
     if use_scvelo:
         a = base.copy()
