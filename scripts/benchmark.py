@@ -203,6 +203,33 @@ def environment() -> dict:
     return out
 
 
+def plot_cbdir(methods: dict, path) -> Path:
+    """Bar chart of CBDir per transition and mean, one bar per method (mean over seeds, sd as error bar)."""
+    from matplotlib.figure import Figure
+
+    from velode import _outputs
+
+    edges = [f"{a} -> {b}" for a, b in metrics.PANCREAS_TRANSITIONS]
+    labels = ["mean"] + [e.replace(" EP", "").replace("Pre-endocrine", "Pre-endo.") for e in edges]
+    keys = ["CBDir"] + [f"CBDir {e}" for e in edges]
+    names = list(methods)
+    width = 0.8 / len(names)
+    fig = Figure(figsize=(11, 4))
+    ax = fig.add_subplot()
+    x = np.arange(len(keys))
+    for i, name in enumerate(names):
+        vals = np.asarray([[r[k] for k in keys] for r in methods[name]], float)
+        err = vals.std(0) if len(vals) > 1 else None
+        ax.bar(x + (i - (len(names) - 1) / 2) * width, vals.mean(0), width, yerr=err, capsize=2, label=name)
+    ax.axhline(0.0, color="black", lw=0.8)
+    ax.set_xticks(x, labels, rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel("CBDir (cosine)")
+    ax.set_title("Cross-boundary direction correctness, pancreas (same graph and UMAP)")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    _outputs.save_figure(path, fig)
+    return Path(path)
+
+
 # ----------------------------------------------------------------------------------------- main
 
 
@@ -365,6 +392,8 @@ def main(argv=None) -> dict:
         keys += [f"CBDir {a} -> {b}" for a, b in metrics.PANCREAS_TRANSITIONS]
         keys += ["ICCoh", "stage Spearman", "velocity genes"]
         parts.append(table("Pancreas (3,696 cells)", pan, [k for k in keys if any(k in r[0] for r in pan.values())]))
+        plot_cbdir(pan, Path(args.out) / "cbdir.png")
+        parts[-1] += "\n\n![CBDir per transition](cbdir.png)"
     elif args.pancreas != "none":
         log(f"skipping pancreas: {args.pancreas} not found")
     sim = run_simulation(args.sim_cells, args.sim_genes, args.seeds, use_scvelo, args.n_jobs, args.max_steps, log)

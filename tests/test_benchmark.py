@@ -93,6 +93,8 @@ def test_other_tools_are_scored_on_the_runs_graph_and_embedding(tmp_path):
     assert right[0]["CBDir Ngn3 low EP -> Ngn3 high EP"] > 0.5 > -0.5 > wrong[0]["CBDir Ngn3 low EP -> Ngn3 high EP"]
     assert right[0]["CBDir"] > wrong[0]["CBDir"] + 0.5
     assert right[0]["stage Spearman"] > 0.8
+    png = bench.plot_cbdir(rows, tmp_path / "cbdir.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     # a file fitted on other cells is refused with what to do
     _external_file(tmp_path / "other.h5ad", a[::-1].copy(), truth[::-1], genes)
     with pytest.raises(SystemExit, match="--save-harness"):
