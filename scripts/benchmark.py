@@ -67,8 +67,11 @@ def fit_velode(adata, seed: int, max_steps: int | None):
     trainer = {"progress": False}
     if max_steps is not None:
         trainer["max_steps"] = max_steps
+    t0 = time.perf_counter()
     r = velode.tl.fit(adata, seed=seed, trainer=trainer)
-    return r.fit_seconds, r.compile_seconds
+    # The whole call, as scVelo's time holds recover_dynamics and velocity: velode's fit_seconds leaves out
+    # writing the outputs (velocities, fitted states, R^2 per gene), which tl.fit does after the fit.
+    return time.perf_counter() - t0, r.compile_seconds
 
 
 def project(adata, use_scvelo: bool):

@@ -234,3 +234,37 @@ def test_times_are_assigned_on_the_grid_up_to_t_max():
         chosen = cost[np.arange(n), np.clip(np.rint(t / t_max * (n_grid - 1)).astype(int), 0, n_grid - 1)]
         assert t.max() <= t_max + 1e-6
         np.testing.assert_allclose(chosen, best, rtol=1e-4)
+
+
+def test_starting_modules_drawn_on_the_host_follow_equinox_and_compile_nothing(caplog):
+    """A NumPy generator as key: the structure and init distribution of the JAX-key modules, no compiled program."""
+    import logging
+
+    from velode.model._encoder import TimeEncoder
+    from velode.model._model import CellModulator
+
+    with jax.log_compiles(True), caplog.at_level(logging.WARNING):
+        enc = TimeEncoder(7, width=16, depth=2, key=np.random.default_rng(3))
+        mod = CellModulator(7, 40, 3, key=np.random.default_rng(3), init_scale=1e-2)
+    programs = {r.getMessage().split()[4] for r in caplog.records if "Finished XLA compilation" in r.getMessage()}
+    # Transfers of the drawn arrays to the device may compile a copy ("stage"); nothing else may compile.
+    assert not {p for p in programs if "stage" not in p}, programs
+    ref = TimeEncoder(7, width=16, depth=2, key=jax.random.key(0))
+    assert jax.tree_util.tree_structure(enc) == jax.tree_util.tree_structure(ref)
+    for got, want in zip(enc.mlp.layers, ref.mlp.layers):
+        lim = 1 / np.sqrt(want.in_features)
+        for a, b in ((got.weight, want.weight), (got.bias, want.bias)):
+            a = np.asarray(a)
+            assert a.shape == b.shape and a.dtype == b.dtype
+            assert np.all(np.abs(a) <= lim)  # uniform on +-1/sqrt(inputs)
+            assert a.size < 10 or np.abs(a).max() > 0.5 * lim
+    again = TimeEncoder(7, width=16, depth=2, key=np.random.default_rng(3))
+    other = TimeEncoder(7, width=16, depth=2, key=np.random.default_rng(4))
+    w = lambda e: np.asarray(e.mlp.layers[0].weight)  # noqa: E731
+    assert np.array_equal(w(enc), w(again)) and not np.array_equal(w(enc), w(other))
+    ref_mod = CellModulator(7, 40, 3, key=jax.random.key(0), init_scale=1e-2)
+    assert mod.proj.shape == ref_mod.proj.shape and mod.loadings.shape == ref_mod.loadings.shape
+    assert mod.proj.dtype == ref_mod.proj.dtype == jnp.float32
+    # proj ~ N(0, 1/features), loadings ~ N(0, init_scale^2)
+    assert 0.5 < np.std(np.asarray(mod.proj)) * np.sqrt(7) < 1.5
+    assert 0.5e-2 < np.std(np.asarray(mod.loadings)) < 1.5e-2

@@ -200,6 +200,11 @@ PRETRAIN_MAX_CELLS = 2048
 INIT_MAX_CELLS = 30_000
 
 
+def _host_rng(key, *salt: int) -> np.random.Generator:
+    """A NumPy generator determined by a JAX key (and ``salt``): starting parameters drawn on the host."""
+    return np.random.default_rng([*np.asarray(jax.random.key_data(key)).ravel().tolist(), *salt])
+
+
 def _subset(n: int, most: int, seed: int):
     """Sorted indices of a random subset of ``most`` of ``n`` cells, or None (every cell) if n <= most."""
     if n <= most:
@@ -213,8 +218,8 @@ def _pretrain_encoder(encoder: TimeEncoder, features, target, steps: int) -> Tim
         return encoder
     cells = _subset(features.shape[0], PRETRAIN_MAX_CELLS, 0)
     if cells is not None:  # full-batch steps on a bounded number of cells: the cost does not grow with the data
-        features, target = features[cells], jnp.asarray(target)[cells]
-    return _pretrain_loop(encoder, features, jnp.asarray(target), np.int32(steps))
+        features, target = np.asarray(features)[cells], np.asarray(target)[cells]  # on the host: no program
+    return _pretrain_loop(encoder, jnp.asarray(features), jnp.asarray(np.asarray(target, np.float32)), np.int32(steps))
 
 
 @eqx.filter_jit
@@ -268,7 +273,7 @@ def fit_arrays(
     k_enc, k_train = jax.random.split(key)
     fmap = fit_feature_map((obs_s, obs_u), model_cfg.n_components)
     features = project_cells(fmap, (obs_s, obs_u))
-    t_pc = _scaled_time(np.asarray(features[:, 0]))
+    t_pc = _scaled_time(np.asarray(features)[:, 0])
     sd_u, sd_s = by_genes(lambda x: x.std(0), obs_u), by_genes(lambda x: x.std(0), obs_s)
     inv = lambda sd: jnp.asarray(np.where(sd > 0, 1.0 / np.maximum(sd, 1e-12), 0.0), jnp.float32)  # noqa: E731
     gw = np.ones(obs_s.shape[1], np.float32) if gene_weight is None else np.asarray(gene_weight, np.float32)
@@ -297,8 +302,8 @@ def fit_arrays(
     def kinetics_at(t):  # starting rates read off the data at the clock t (cells,)
         return _init_kinetics(model_cfg.kinetics, sub(t), init_s, init_u, model_cfg, high)
 
-    encoder = build(TimeEncoder, fmap.n_features, width=model_cfg.encoder_width, depth=model_cfg.encoder_depth,
-                    key=k_enc)
+    encoder = TimeEncoder(fmap.n_features, width=model_cfg.encoder_width, depth=model_cfg.encoder_depth,
+                          key=_host_rng(k_enc))
     encoder = _pretrain_encoder(encoder, features, jnp.asarray(t_pc, jnp.float32), model_cfg.pretrain_steps)
     candidates = {
         "forward": VelocityModel(fmap, encoder, kinetics_at(t_pc)),
@@ -352,8 +357,8 @@ def fit_arrays(
             kin = model.kinetics.with_onset(_onset_init(sub(t_now), init_u, np.asarray(model.kinetics.switch_time())))
             model = eqx.tree_at(lambda m: m.kinetics, model, kin)
         if model_cfg.cell_rank > 0 and not model_cfg.cell_phase:
-            mod = build(CellModulator, fmap.n_features, obs_s.shape[1], model_cfg.cell_rank,
-                        bound=model_cfg.cell_bound, key=jax.random.fold_in(k_enc, 1))
+            mod = CellModulator(fmap.n_features, obs_s.shape[1], model_cfg.cell_rank, bound=model_cfg.cell_bound,
+                                key=_host_rng(k_enc, 1))
             model = VelocityModel(model.features, model.encoder, model.kinetics, mod)
         if jax.tree_util.tree_structure(model) != jax.tree_util.tree_structure(state.model):
             # New parameters (onsets, cell-specific transcription): an optimiser that knows them.
@@ -393,8 +398,8 @@ def fit_arrays(
         # The clock is fitted; now each cell may transcribe a gene more or less than the gene's alpha
         # (lineage-specific genes at one latent time), with the clock frozen so it cannot bend it.
         model = state.model
-        mod = build(CellModulator, fmap.n_features, obs_s.shape[1], model_cfg.cell_rank, bound=model_cfg.cell_bound,
-                    key=jax.random.fold_in(k_enc, 1))
+        mod = CellModulator(fmap.n_features, obs_s.shape[1], model_cfg.cell_rank, bound=model_cfg.cell_bound,
+                            key=_host_rng(k_enc, 1))
         model = VelocityModel(model.features, model.encoder, model.kinetics, mod)
         compile_seconds += trainer.compile_seconds
         run_seconds += trainer.run_seconds
@@ -475,5 +480,5 @@ def assign_times(kinetics, data: TrainData, integrator: Integrator, n_grid: int,
         obs_u, obs_s, rows = data.gather(rows)
         t = _assign(kinetics, obs_u, obs_s, rows, data.inv_sd_u, data.inv_sd_s, data.gene_weight, integrator, n_grid,
                     jnp.float32(t_max))
-        out.append(t[: min(size, n - lo)])
-    return out[0] if len(out) == 1 else jnp.concatenate(out)
+        out.append(np.asarray(t)[: min(size, n - lo)])
+    return np.concatenate(out)

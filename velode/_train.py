@@ -518,7 +518,7 @@ class Trainer:
         mesh, n_dev = self.mesh, 1 if self.mesh is None else self.mesh.size
         # Each device takes an equal share of the step's cells, a whole number of chunks.
         pad = 0 if batch is None else (-batch) % (chunk * n_dev)
-        batch_mask = None if batch is None else jnp.concatenate([jnp.ones(batch), jnp.zeros(pad)])
+        batch_mask = None if batch is None else jnp.asarray(np.repeat(np.float32([1, 0]), [batch, pad]))
         all_rows, all_mask = data.rows, data.mask
         if mesh is not None and batch is None:
             all_rows, all_mask = padded_rows(np.arange(n), chunk * n_dev)
@@ -561,7 +561,8 @@ class Trainer:
                     return key, perm, pos, all_rows, all_mask, arrays
                 if pos + batch > n:
                     key, sub = jax.random.split(key)
-                    perm, pos = jax.random.permutation(sub, n), 0
+                    # Drawn on the host from the step's key (JAX's permutation compiles a sort, ~0.2 s).
+                    perm, pos = np.random.default_rng(np.asarray(jax.random.key_data(sub)).ravel().tolist()).permutation(n), 0
                 order = np.asarray(perm)
                 rows = np.concatenate([order[pos : pos + batch], np.zeros(pad, order.dtype)])
                 step_arrays = arrays

@@ -3,6 +3,7 @@
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from .._custom_types import Array, Float
 
@@ -32,7 +33,21 @@ class TimeEncoder(eqx.Module):
     mlp: eqx.nn.MLP
 
     def __init__(self, n_features: int, *, width: int = 64, depth: int = 2, key):
-        self.mlp = eqx.nn.MLP(n_features, "scalar", width, depth, activation=jax.nn.gelu, key=key)
+        """``key``: a JAX key, or a ``numpy.random.Generator`` to draw the same distribution on the host
+        (no compiled program: JAX's random numbers compile one for each draw, ~1 s in a fresh process)."""
+        make = lambda k: eqx.nn.MLP(n_features, "scalar", width, depth, activation=jax.nn.gelu, key=k)  # noqa: E731
+        if not isinstance(key, np.random.Generator):
+            self.mlp = make(key)
+            return
+        # Equinox's default for each layer: weight and bias uniform in +-1/sqrt(inputs of the layer).
+        mlp = eqx.filter_eval_shape(make, jax.ShapeDtypeStruct((2,), jnp.uint32))
+        layers = []
+        for layer in mlp.layers:
+            lim = 1.0 / np.sqrt(layer.in_features if layer.in_features != "scalar" else 1)
+            draw = lambda x: jnp.asarray(np.asarray(key.uniform(-lim, lim, x.shape), x.dtype))  # noqa: E731
+            layers.append(eqx.tree_at(lambda m: (m.weight, m.bias), layer, (draw(layer.weight), draw(layer.bias)),
+                                      is_leaf=lambda x: x is None))
+        self.mlp = eqx.tree_at(lambda m: m.layers, mlp, tuple(layers))
 
     def __call__(self, features: Float[Array, "cells features"]) -> Float[Array, " cells"]:
         return jax.nn.sigmoid(jax.vmap(self.mlp)(features))
@@ -52,7 +67,6 @@ def fit_feature_map(x, n_components: int = 30, *, max_cells: int | None = None, 
     block of cells at a time when there are more than ``max_cells`` cells, so memory stays near the
     data's own; the blocks may be scipy sparse matrices (densified a block of cells at a time).
     """
-    import numpy as np
     from sklearn.utils.extmath import randomized_svd
 
     from .. import _matrix
@@ -87,19 +101,21 @@ def fit_feature_map(x, n_components: int = 30, *, max_cells: int | None = None, 
     # Unit variance per feature, so the MLP's inputs are on one scale.
     proj = z @ comps
     comps = comps / np.maximum(proj.std(0), 1e-12)
-    f32 = lambda a: jnp.asarray(a, jnp.float32)  # noqa: E731
+    f32 = lambda a: jnp.asarray(np.asarray(a, np.float32))  # noqa: E731
     return FeatureMap(f32(mean), f32(scale), f32(comps))
 
 
 def project_cells(fmap: FeatureMap, blocks, *, block_cells: int | None = None) -> jax.Array:
     """``fmap`` applied to every cell of the column blocks (e.g. ``(spliced, unspliced)``), in blocks of cells."""
-    import numpy as np
-
     from .. import _matrix
 
     block_cells = BLOCK_CELLS if block_cells is None else block_cells
     n = blocks[0].shape[0]
-    join = lambda lo, hi: jnp.asarray(np.concatenate([_matrix.block(b, lo, hi) for b in blocks], axis=1))  # noqa: E731
-    if n <= block_cells:
-        return fmap(join(0, n))
-    return jnp.concatenate([fmap(join(lo, lo + block_cells)) for lo in range(0, n, block_cells)], axis=0)
+    # fmap's arithmetic, in NumPy: on the host it compiles nothing (in JAX, one program per operation and shape).
+    mean, scale, comps = (np.asarray(a) for a in (fmap.mean, fmap.scale, fmap.components))
+
+    def project(lo, hi):
+        x = np.concatenate([_matrix.block(b, lo, hi) for b in blocks], axis=1)
+        return ((x - mean) / scale).astype(np.float32) @ comps
+
+    return jnp.asarray(np.concatenate([project(lo, min(lo + block_cells, n)) for lo in range(0, n, block_cells)]))

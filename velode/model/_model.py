@@ -3,6 +3,7 @@
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from .._custom_types import Array, Float
 from ._encoder import FeatureMap, TimeEncoder
@@ -24,6 +25,11 @@ class CellModulator(eqx.Module):
     def __init__(self, n_features: int, n_genes: int, rank: int, *, key, init_scale: float = 1e-3,
                  bound: float = 2.0):
         self.bound = float(bound)
+        if isinstance(key, np.random.Generator):  # drawn on the host: no compiled program (see TimeEncoder)
+            f32 = lambda x: jnp.asarray(np.asarray(x, np.float32))  # noqa: E731
+            self.proj = f32(key.standard_normal((rank, n_features)) / np.sqrt(n_features))
+            self.loadings = f32(init_scale * key.standard_normal((rank, n_genes)))
+            return
         k1, k2 = jax.random.split(key)
         self.proj = jax.random.normal(k1, (rank, n_features)) / jnp.sqrt(n_features)
         self.loadings = init_scale * jax.random.normal(k2, (rank, n_genes))

@@ -5,6 +5,7 @@ import numbers
 import typing
 
 import diffrax
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -189,17 +190,24 @@ def fit(
     return result
 
 
+@eqx.filter_jit
+def _kinetics_columns(kin) -> dict:
+    return {"alpha": kin.alpha, "beta": kin.beta, "gamma": kin.gamma, "scale": kin.scale, "alpha0": kin.alpha0,
+            "switch": kin.switch_time(), "onset": kin.onset_time()}
+
+
 def write_kinetics(adata: AnnData, kin) -> None:
     """The gene-level keys of fitted kinetics: var["fit_alpha"|"fit_beta"|"fit_gamma"|"fit_scaling"|"fit_alpha0"|"fit_t_"|"fit_t_on"]."""
     f32 = lambda x: np.asarray(jax.device_get(x), dtype=np.float32)  # noqa: E731
-    adata.var["fit_alpha"] = f32(kin.alpha)
-    adata.var["fit_beta"] = f32(kin.beta)
-    adata.var["fit_gamma"] = f32(kin.gamma)
-    adata.var["fit_scaling"] = f32(kin.scale)
-    adata.var["fit_alpha0"] = f32(kin.alpha0)
-    t_sw = kin.switch_time()
+    cols = _kinetics_columns(kin)  # one program, not one per operation
+    adata.var["fit_alpha"] = f32(cols["alpha"])
+    adata.var["fit_beta"] = f32(cols["beta"])
+    adata.var["fit_gamma"] = f32(cols["gamma"])
+    adata.var["fit_scaling"] = f32(cols["scale"])
+    adata.var["fit_alpha0"] = f32(cols["alpha0"])
+    t_sw = cols["switch"]
     adata.var["fit_t_"] = f32(t_sw) if t_sw is not None else np.full(adata.n_vars, np.inf, np.float32)
-    t_on = kin.onset_time()
+    t_on = cols["onset"]
     if t_on is not None:
         adata.var["fit_t_on"] = f32(t_on)
     elif "fit_t_on" in adata.var:

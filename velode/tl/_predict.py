@@ -319,10 +319,10 @@ def evaluate_cells(model: VelocityModel, integrator: Integrator, obs_s, obs_u, *
         got = {"velocity": pred.velocity, "velocity_u": pred.velocity_u, "fit_s": pred.spliced,
                "fit_u": pred.unspliced, "projected_spliced": pred.projected_spliced}
         for k in keys:
-            res[k][start:stop] = np.asarray(got[k][:m])
-        latent[start:stop] = np.asarray(pred.latent_time[:m])
+            res[k][start:stop] = np.asarray(got[k])[:m]  # sliced on the host: no program
+        latent[start:stop] = np.asarray(pred.latent_time)[:m]
         if cell_z is not None:
-            cell_z[start:stop] = np.asarray(z[:m])
+            cell_z[start:stop] = np.asarray(z)[:m]
         for j, (o, p) in enumerate(((block_u, res["fit_u"][start:stop]), (block_s, res["fit_s"][start:stop]))):
             o64 = o.astype(np.float64)
             sums[2 * j] += ((o64 - means[j]) ** 2).sum(0)
