@@ -92,6 +92,10 @@ def test_other_tools_are_scored_on_the_runs_graph_and_embedding(tmp_path):
     assert right[0]["velocity genes"] == len(genes)
     assert right[0]["CBDir Ngn3 low EP -> Ngn3 high EP"] > 0.5 > -0.5 > wrong[0]["CBDir Ngn3 low EP -> Ngn3 high EP"]
     assert right[0]["CBDir"] > wrong[0]["CBDir"] + 0.5
+    for row in right + wrong:  # how many of the seven transitions point forwards, per fit
+        edges = [v for k, v in row.items() if k.startswith("CBDir ")]
+        assert len(edges) == 7 and row["positive edges"] == sum(v > 0 for v in edges)
+    assert right[0]["positive edges"] > wrong[0]["positive edges"]
     assert right[0]["stage Spearman"] > 0.8
     png = bench.plot_cbdir(rows, tmp_path / "cbdir.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
