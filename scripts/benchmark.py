@@ -74,16 +74,42 @@ def fit_velode(adata, seed: int, max_steps: int | None):
     return time.perf_counter() - t0, r.compile_seconds
 
 
-def project(adata, use_scvelo: bool):
-    """Velocity graph and UMAP projection by one shared implementation."""
-    if use_scvelo:
-        import scvelo as scv
+#: --velocity-scale: "none" (the harness), or "sd": every tool's velocity divided, gene by gene, by its sd over the
+#: cells before the projection (a sensitivity check: no gene dominates the cosines by its magnitude alone).
+VELOCITY_SCALE = "none"
 
-        scv.tl.velocity_graph(adata, show_progress_bar=False)
-        scv.tl.velocity_embedding(adata, basis="umap")
-    else:
-        velode.tl.velocity_graph(adata)
-        velode.tl.velocity_embedding(adata, basis="umap")
+
+def scale_velocity(adata, how: str) -> None:
+    """``layers["velocity"]`` divided per gene by its sd over cells (``how="sd"``), in place; genes without a
+    velocity (NaN, constant) are left as they are."""
+    if how == "none":
+        return
+    if how != "sd":
+        raise ValueError(f"unknown velocity scale {how!r}: choose none or sd")
+    v = np.asarray(adata.layers["velocity"], np.float64)
+    sd = np.nanstd(v, axis=0)
+    adata.layers["velocity"] = (v / np.where(np.isfinite(sd) & (sd > 0), sd, 1.0)).astype(np.float32)
+
+
+def project(adata, use_scvelo: bool):
+    """Velocity graph and UMAP projection by one shared implementation.
+
+    With :data:`VELOCITY_SCALE` "sd" the graph is built on the scaled velocities; ``layers["velocity"]`` is then
+    put back as it was, so metrics against a ground truth see the tool's own velocities.
+    """
+    original = adata.layers["velocity"]
+    scale_velocity(adata, VELOCITY_SCALE)
+    try:
+        if use_scvelo:
+            import scvelo as scv
+
+            scv.tl.velocity_graph(adata, show_progress_bar=False)
+            scv.tl.velocity_embedding(adata, basis="umap")
+        else:
+            velode.tl.velocity_graph(adata)
+            velode.tl.velocity_embedding(adata, basis="umap")
+    finally:
+        adata.layers["velocity"] = original
 
 
 def scvelo_latent_time(adata):
@@ -360,7 +386,12 @@ def main(argv=None) -> dict:
                     help="write the preprocessed pancreas data and its UMAP here, for scripts/other_tools.py")
     ap.add_argument("--external", metavar="NAME=PATH[,PATH...]", nargs="*", default=[],
                     help="add another tool's pancreas velocities (scripts/other_tools.py output, one file per seed)")
+    ap.add_argument("--velocity-scale", choices=["none", "sd"], default="none",
+                    help="sd: divide every tool's velocity per gene by its sd over cells before the projection (a "
+                         "sensitivity check of the harness; none, the default, is the harness)")
     args = ap.parse_args(argv)
+    global VELOCITY_SCALE
+    VELOCITY_SCALE = args.velocity_scale
     externals = {}
     for item in args.external:
         name, sep, paths = item.partition("=")

@@ -108,3 +108,39 @@ def test_other_tools_are_scored_on_the_runs_graph_and_embedding(tmp_path):
 def test_benchmark_records_the_versions_its_numbers_depend_on():
     env = _load().environment()
     assert env["velode"] and env["jax"] and env["umap-learn"] and env["scikit-learn"]
+
+
+def test_velocity_scale_evens_out_genes_and_leaves_missing_ones():
+    """--velocity-scale sd: each gene's velocity over cells has sd 1; NaN (unfitted) and constant genes stay."""
+    import pytest
+    from anndata import AnnData
+
+    bench = _load()
+    rng = np.random.default_rng(0)
+    v = rng.normal(size=(50, 4)) * np.array([100.0, 1.0, 0.01, 1.0])
+    v[:, 3] = np.nan  # a gene the tool did not fit
+    a = AnnData(np.zeros((50, 4), np.float32), layers={"velocity": v.copy()})
+    bench.scale_velocity(a, "none")
+    np.testing.assert_array_equal(a.layers["velocity"], v)
+    bench.scale_velocity(a, "sd")
+    out = np.asarray(a.layers["velocity"], float)
+    np.testing.assert_allclose(out[:, :3].std(0), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(out[:, 0] * v[:, 0].std(), v[:, 0], rtol=1e-5)  # signs and ratios within a gene kept
+    assert np.all(np.isnan(out[:, 3]))
+    with pytest.raises(ValueError, match="none or sd"):
+        bench.scale_velocity(a, "max")
+
+
+def test_scaled_projection_leaves_the_tools_velocities_as_they_were(monkeypatch):
+    """--velocity-scale sd changes the embedding the velocities are projected on, not the velocity layer."""
+    bench = _load()
+    a = _harness_like()
+    a.layers["velocity"] = np.asarray(a.layers["true_velocity"], np.float32) * np.linspace(0.01, 100, a.n_vars)
+    before = a.layers["velocity"].copy()
+    bench.project(a, False)
+    raw = np.asarray(a.obsm["velocity_umap"]).copy()
+    monkeypatch.setattr(bench, "VELOCITY_SCALE", "sd")
+    bench.project(a, False)
+    np.testing.assert_array_equal(a.layers["velocity"], before)
+    # the genes were weighted 1 to 10^4 apart: evened out, the projection moves
+    assert not np.allclose(np.asarray(a.obsm["velocity_umap"]), raw, atol=1e-3)

@@ -21,7 +21,7 @@ import optax
 from ._checkpoint import PHASES, Checkpointer, fingerprint, position
 from . import _matrix
 from ._errors import ConfigError
-from ._train import LossConfig, Trainer, TrainerConfig, TrainData, TrainState, loss_value
+from ._train import LossConfig, Trainer, TrainerConfig, TrainData, TrainState, host_rng, loss_value
 from .model._encoder import TimeEncoder, fit_feature_map, project_cells
 from .model._kinetics import DynamicalKinetics, StandardKinetics
 from .model._model import CellModulator, VelocityModel
@@ -200,11 +200,6 @@ PRETRAIN_MAX_CELLS = 2048
 INIT_MAX_CELLS = 30_000
 
 
-def _host_rng(key, *salt: int) -> np.random.Generator:
-    """A NumPy generator determined by a JAX key (and ``salt``): starting parameters drawn on the host."""
-    return np.random.default_rng([*np.asarray(jax.random.key_data(key)).ravel().tolist(), *salt])
-
-
 def _subset(n: int, most: int, seed: int):
     """Sorted indices of a random subset of ``most`` of ``n`` cells, or None (every cell) if n <= most."""
     if n <= most:
@@ -303,7 +298,7 @@ def fit_arrays(
         return _init_kinetics(model_cfg.kinetics, sub(t), init_s, init_u, model_cfg, high)
 
     encoder = TimeEncoder(fmap.n_features, width=model_cfg.encoder_width, depth=model_cfg.encoder_depth,
-                          key=_host_rng(k_enc))
+                          key=host_rng(k_enc))
     encoder = _pretrain_encoder(encoder, features, jnp.asarray(t_pc, jnp.float32), model_cfg.pretrain_steps)
     candidates = {
         "forward": VelocityModel(fmap, encoder, kinetics_at(t_pc)),
@@ -358,7 +353,7 @@ def fit_arrays(
             model = eqx.tree_at(lambda m: m.kinetics, model, kin)
         if model_cfg.cell_rank > 0 and not model_cfg.cell_phase:
             mod = CellModulator(fmap.n_features, obs_s.shape[1], model_cfg.cell_rank, bound=model_cfg.cell_bound,
-                                key=_host_rng(k_enc, 1))
+                                key=host_rng(k_enc, 1))
             model = VelocityModel(model.features, model.encoder, model.kinetics, mod)
         if jax.tree_util.tree_structure(model) != jax.tree_util.tree_structure(state.model):
             # New parameters (onsets, cell-specific transcription): an optimiser that knows them.
@@ -399,7 +394,7 @@ def fit_arrays(
         # (lineage-specific genes at one latent time), with the clock frozen so it cannot bend it.
         model = state.model
         mod = CellModulator(fmap.n_features, obs_s.shape[1], model_cfg.cell_rank, bound=model_cfg.cell_bound,
-                            key=_host_rng(k_enc, 1))
+                            key=host_rng(k_enc, 1))
         model = VelocityModel(model.features, model.encoder, model.kinetics, mod)
         compile_seconds += trainer.compile_seconds
         run_seconds += trainer.run_seconds

@@ -105,6 +105,14 @@ class TrainData:
         return ((self.features[jnp.asarray(rows)],) + out) if features else out
 
 
+def host_rng(key, *salt: int) -> np.random.Generator:
+    """A NumPy generator determined by a JAX key (and ``salt``), for draws on the host.
+
+    JAX's random functions compile a program for each kind of draw and shape (~0.1-0.3 s each in a fresh process).
+    """
+    return np.random.default_rng([*np.asarray(jax.random.key_data(key)).ravel().tolist(), *salt])
+
+
 def padded_rows(rows, chunk: int):
     """``rows`` (cell indices) padded with index 0 to a multiple of ``chunk``, and the mask of the real ones."""
     rows = np.asarray(rows, np.int32)
@@ -562,7 +570,7 @@ class Trainer:
                 if pos + batch > n:
                     key, sub = jax.random.split(key)
                     # Drawn on the host from the step's key (JAX's permutation compiles a sort, ~0.2 s).
-                    perm, pos = np.random.default_rng(np.asarray(jax.random.key_data(sub)).ravel().tolist()).permutation(n), 0
+                    perm, pos = host_rng(sub).permutation(n), 0
                 order = np.asarray(perm)
                 rows = np.concatenate([order[pos : pos + batch], np.zeros(pad, order.dtype)])
                 step_arrays = arrays
