@@ -22,6 +22,9 @@ by scripts/other_tools.py on the preprocessed data this script writes with `--sa
 NAME=PATH` then projects and scores their velocities on this run's graph and UMAP beside the others
 (their fit seconds come from their own runs, not this one).
 
+`--velocity-scale sd` divides every tool's velocity, gene by gene, by its sd over cells before the velocity
+graph is built: a sensitivity check of how the harness weighs genes (the default, none, is the harness).
+
 Writes benchmark.md (the tables), benchmark.json (every number, and the versions of the packages the
 numbers depend on) into --out and prints the tables.
 """
