@@ -570,7 +570,7 @@ class Trainer:
                 if pos + batch > n:
                     key, sub = jax.random.split(key)
                     # Drawn on the host from the step's key (JAX's permutation compiles a sort, ~0.2 s).
-                    perm, pos = host_rng(sub).permutation(n), 0
+                    perm, pos = host_rng(sub).permutation(n).astype(np.int32), 0  # int32, as JAX's indices
                 order = np.asarray(perm)
                 rows = np.concatenate([order[pos : pos + batch], np.zeros(pad, order.dtype)])
                 step_arrays = arrays
