@@ -42,11 +42,10 @@ class TimeEncoder(eqx.Module):
         # Equinox's default for each layer: weight and bias uniform in +-1/sqrt(inputs of the layer).
         mlp = eqx.filter_eval_shape(make, jax.ShapeDtypeStruct((2,), jnp.uint32))
         layers = []
-        for layer in mlp.layers:
-            lim = 1.0 / np.sqrt(layer.in_features if layer.in_features != "scalar" else 1)
+        for layer in mlp.layers:  # inputs are features or hidden units: in_features is an int
+            lim = 1.0 / np.sqrt(layer.in_features)
             draw = lambda x: jnp.asarray(np.asarray(key.uniform(-lim, lim, x.shape), x.dtype))  # noqa: E731
-            layers.append(eqx.tree_at(lambda m: (m.weight, m.bias), layer, (draw(layer.weight), draw(layer.bias)),
-                                      is_leaf=lambda x: x is None))
+            layers.append(eqx.tree_at(lambda m: (m.weight, m.bias), layer, (draw(layer.weight), draw(layer.bias))))
         self.mlp = eqx.tree_at(lambda m: m.layers, mlp, tuple(layers))
 
     def __call__(self, features: Float[Array, "cells features"]) -> Float[Array, " cells"]:
