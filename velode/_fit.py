@@ -21,6 +21,7 @@ import optax
 from ._checkpoint import PHASES, Checkpointer, fingerprint, position
 from . import _matrix
 from ._errors import ConfigError
+from ._switch import search_switches
 from ._train import LossConfig, Trainer, TrainerConfig, TrainData, TrainState, host_rng, loss_value
 from .model._encoder import TimeEncoder, fit_feature_map, project_cells
 from .model._kinetics import DynamicalKinetics, StandardKinetics
@@ -55,6 +56,12 @@ class ModelConfig:
     # > 0: the cell-specific transcription is learned after the clock, in this fraction of trainer.max_steps,
     # with the clock frozen; 0: learned with the clock from the start (it then bends the clock)
     cell_phase: float = 0.1667  # 100 of the default 600 steps
+    # > 0: once fitted, genes that switch before this quantile of the cells' latent times have their switch
+    # searched again on the fitted clock (velode._switch), each at a few candidate times with its other
+    # parameters fitted again (switch_search_steps Adam steps at switch_search_lr)
+    switch_search: float = 0.1
+    switch_search_steps: int = 25
+    switch_search_lr: float = 0.2
 
 
 @dataclasses.dataclass
@@ -71,6 +78,7 @@ class FitResult:
     compile_seconds: float
     train_seconds: float = 0.0  # optimiser steps (probes included), compilation excluded
     resumed_from: int | None = None  # the step of the checkpoint this fit went on from
+    switches_moved: int = 0  # genes whose switch time the final search moved (model.switch_search)
 
 
 def _scaled_time(x):
@@ -247,6 +255,9 @@ def fit_arrays(
         raise ConfigError(f"unknown model kinetics {model_cfg.kinetics!r}: choose one of {sorted(KINETICS)}")
     if not 0.0 <= model_cfg.cell_phase < 1.0:
         raise ConfigError(f"model.cell_phase={model_cfg.cell_phase} must be in [0, 1): a fraction of trainer.max_steps")
+    if not 0.0 <= model_cfg.switch_search < 1.0:
+        raise ConfigError(f"model.switch_search={model_cfg.switch_search} must be in [0, 1): a quantile of the "
+                          "cells' latent times (0: no search)")
     cell_steps = 0
     if model_cfg.cell_rank > 0 and model_cfg.cell_phase > 0:
         if integrator.analytic:
@@ -407,12 +418,17 @@ def fit_arrays(
         if here("cell"):
             new_state = ckpt.restore(new_state, resume)
         state = trainer.run(new_state, data, desc="cell-specific", checkpoint=saver("cell", start=start))
+    moved = 0
+    if state.status != "diverged":
+        state.model, moved = search_switches(state.model, data, integrator, loss_cfg, quantile=model_cfg.switch_search,
+                                             steps=model_cfg.switch_search_steps, lr=model_cfg.switch_search_lr,
+                                             seed=seed)
     fit_seconds = time.perf_counter() - t_fit + setup_seconds
     return FitResult(
         state.model, state, data, integrator, loss_cfg, orientation, probe_losses, fit_seconds, setup_seconds,
         compile_seconds + trainer.compile_seconds,
         run_seconds + trainer.run_seconds - compile_seconds - trainer.compile_seconds,
-        None if resume is None else int(resume["step"]),
+        None if resume is None else int(resume["step"]), moved,
     )
 
 
