@@ -10,6 +10,9 @@ re-fitted velocity of the gene in place of the fitted one and scores CBDir on th
 and UMAP. Usage::
 
     python scripts/switch_profile.py --pancreas ../shared/data/pancreas.h5ad --seed 0 --gene Spp1 --score
+
+``--switch-search 0`` profiles the fit as it stands before velode's own search over switch times
+(velode._switch), which moves genes out of such early switches.
 """
 
 import argparse
@@ -118,6 +121,8 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--cluster", default="Ductal", help="report the gene's mean velocity in this cluster")
     ap.add_argument("--score", action="store_true", help="score CBDir with each re-fitted velocity of the gene")
     ap.add_argument("--max-steps", type=int, default=None, help="cap velode's training steps (tests)")
+    ap.add_argument("--switch-search", type=float, default=None,
+                    help="model.switch_search of the fit (default: velode's; 0: the fit before any search)")
     args = ap.parse_args(argv)
 
     from benchmark import pancreas_scores, preprocess_pancreas, project
@@ -127,7 +132,8 @@ def main(argv=None) -> list[dict]:
         raise SystemExit(f"error: {args.gene!r} is not among the {base.n_vars} genes of the preprocessed data")
     a = base.copy()
     trainer = {"progress": False} if args.max_steps is None else {"progress": False, "max_steps": args.max_steps}
-    result = velode.tl.fit(a, seed=args.seed, trainer=trainer)
+    model = {} if args.switch_search is None else {"switch_search": args.switch_search}
+    result = velode.tl.fit(a, seed=args.seed, trainer=trainer, model=model)
     g = int(np.flatnonzero(a.var_names == args.gene)[0])
     fitted_t = float(np.asarray(result.model.kinetics.switch_time())[g])
     cells = np.asarray(a.obs["clusters"] == args.cluster)
