@@ -216,13 +216,16 @@ def run(cfg: DictConfig, out_dir: Path, overrides: list[str] | None = None) -> d
         "orientation": info["orientation"],
         "probe_losses": info["probe_losses"],
         "n_velocity_genes": info["n_velocity_genes"],
+        "switches_moved": int(result.switches_moved),
         "solver_stats": stats,
         "final_terms": {k: v[-1] for k, v in result.state.history.items() if v},
     }
     log.info(
-        "fitted %s kinetics (%s): %d steps%s, loss %.4g, %.1f s (compile %.1f s); time runs %s; %d velocity genes",
+        "fitted %s kinetics (%s): %d steps%s, loss %.4g, %.1f s (compile %.1f s); time runs %s; %d velocity genes; "
+        "switch search moved %d genes",
         kinetics, info["solver"], out["steps"], " (plateau)" if out["stopped_early"] else "", out["final_loss"],
         out["fit_seconds"], out["compile_seconds"], _orientation_words(info["orientation"]), out["n_velocity_genes"],
+        out["switches_moved"],
     )
     truth = metrics.truth_metrics(adata)
     compared = {k: v for k, v in truth.items() if k != "fraction_velocity_genes" and isinstance(v, float)}

@@ -256,6 +256,7 @@ def write_result(adata: AnnData, result: FitResult, obs_s, obs_u, *, r2_min: flo
         "kinetics": type(kin).__name__,
         "solver": "analytic" if result.integrator.solver is None else type(result.integrator.solver).__name__,
         "orientation": result.orientation,
+        "switches_moved": int(result.switches_moved),  # genes the switch search moved (model.switch_search)
         "probe_losses": {k: float(v) for k, v in result.probe_losses.items()},
         "steps": int(st.step),
         "status": st.status,
