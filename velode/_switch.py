@@ -122,9 +122,10 @@ def search_switches(model, data, integrator, loss_cfg, *, quantile: float, steps
     if quantile <= 0 or steps <= 0 or kin.switch_time() is None:
         return model, 0
     n = data.n_cells
-    t = np.asarray(_encode(model.encoder, data.features[:n]), np.float64)
+    host_features = np.asarray(data.features)[:n]
+    t = np.asarray(_encode(model.encoder, jnp.asarray(host_features)), np.float64)
     cells, weight = search_cells(t, seed)
-    features = jnp.asarray(np.asarray(data.features)[cells])
+    features = jnp.asarray(host_features[cells])
     switch = np.asarray(kin.switch_time(), np.float64)
     early = np.flatnonzero(switch < np.quantile(t, quantile))
     if early.size == 0:
@@ -152,6 +153,7 @@ def search_switches(model, data, integrator, loss_cfg, *, quantile: float, steps
         after = np.array(after).reshape(k, GENE_BLOCK)[:, : block.size]
         # The gene's own switch counts at its better loss, as fitted or fitted again: a gene never gets worse.
         after[0] = np.minimum(after[0], np.asarray(before)[: block.size])
+        after[~np.isfinite(after)] = np.inf  # a candidate whose loss is not finite never wins
         best = np.argmin(after, axis=0)
         fk = fitted.kinetics
         for j in np.flatnonzero(best > 0):  # a candidate beat the gene's own switch
