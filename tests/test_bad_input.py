@@ -142,7 +142,7 @@ CASES = [
     Case("appended_unknown_key", "unknown trainer option(s) ['nonsense']", overrides=("+trainer.nonsense=1",),
          api=lambda p: _fit(p, trainer={**TINY_TRAINER, "nonsense": 1})),
     # The command's model group also holds r2_min (an argument of tl.fit of its own): listed there only.
-    Case("appended_unknown_model_key", "'probe_steps', 'r2_min', 'rate_max', 'restart_after_probe']",
+    Case("appended_unknown_model_key", "'probe_steps', 'r2_min', 'rate_max', 'restart_after_probe', 'switch_search',",
          overrides=("+model.nonsense=1",), api=lambda p: _fit(p, model={**TINY_MODEL, "nonsense": 1}),
          api_phrase="unknown model option(s) ['nonsense']: known options are ['assign_gap', 'assign_grid',", same=False),
     Case("appended_unknown_data_key",

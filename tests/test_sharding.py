@@ -24,7 +24,10 @@ SCRIPT = textwrap.dedent(
             if sparse:  # sparse data: each step's cells densified on the host, then split over the devices
                 a.layers["Ms"], a.layers["Mu"] = sp.csr_matrix(a.layers["Ms"]), sp.csr_matrix(a.layers["Mu"])
             r = velode.tl.fit(a, trainer={"max_steps": 80, "devices": devices, "batch_size": batch, "progress": False},
-                              model={"probe_steps": 15, "assign_rounds": 0, "pretrain_steps": 40, "cell_rank": 0})
+                              # (no switch search: its choices are discrete, so a difference in the last bits of
+                              # the training can change one; the subject here is the training step)
+                              model={"probe_steps": 15, "assign_rounds": 0, "pretrain_steps": 40, "cell_rank": 0,
+                                     "switch_search": 0})
             if not sparse:
                 dense = r  # a dense fit, for the one-step comparison below
             out[f"{devices}-{batch}" + ("-sparse" if sparse else "")] = {
@@ -63,12 +66,14 @@ def test_two_devices_give_the_one_device_fit():
     proc = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    # One step: the gradient summed over two devices is the one-device gradient up to the order of the sums.
+    # One step: the gradient summed over two devices is the one-device gradient up to the order of the sums
+    # (float32 sums over the cells, with cancellation: one entry of a leaf differed by 1.3e-5 of the leaf's
+    # largest on one machine; a wrong split of the cells would differ by the size of the gradient itself).
     one, two = out["grads"]["1"], out["grads"]["2"]
     assert len(one) == len(two) > 0
     for g1, g2 in zip(one, two):
         g1, g2 = np.asarray(g1), np.asarray(g2)
-        np.testing.assert_allclose(g2, g1, rtol=0, atol=1e-5 * max(np.abs(g1).max(), 1e-30))
+        np.testing.assert_allclose(g2, g1, rtol=0, atol=5e-5 * max(np.abs(g1).max(), 1e-30))
     for batch in ("200", "None"):
         one, two = out[f"1-{batch}"], out[f"2-{batch}"]
         assert len(one["history"]) == len(two["history"]) == 80

@@ -50,7 +50,7 @@ def test_sparse_fit_equals_dense_fit(batch_size):
 
 def test_sparse_data_is_densified_a_batch_at_a_time(monkeypatch):
     """No pass over sparse data densifies more than one batch of cells or one block of genes."""
-    from velode import _fit, _train
+    from velode import _fit, _switch, _train
     from velode.model import _encoder
     from velode.tl import _fit as tl_fit
 
@@ -58,7 +58,7 @@ def test_sparse_data_is_densified_a_batch_at_a_time(monkeypatch):
     _, sparse = _pair(n_cells, n_genes)
     for module, name, value in ((_encoder, "PCA_MAX_CELLS", 300), (_encoder, "BLOCK_CELLS", 256),
                                 (_fit, "GENE_BLOCK", 8), (_fit, "CELL_BLOCK", 256), (_fit, "INIT_MAX_CELLS", 500),
-                                (tl_fit, "CELL_BLOCK", 256), (_train, "LOSS_BLOCK", 256)):
+                                (tl_fit, "CELL_BLOCK", 256), (_train, "LOSS_BLOCK", 256), (_switch, "GENE_BLOCK", 8)):
         monkeypatch.setattr(module, name, value)
     largest = []
     dense = _matrix.dense

@@ -145,8 +145,11 @@ def search_switches(model, data, integrator, loss_cfg, *, quantile: float, steps
         cols = np.tile(genes, k)
         start = np.concatenate([switch[genes]] + [np.full(GENE_BLOCK, c) for c in times])
         sub = _columns(model, cols, start)
-        obs_u = jnp.asarray(_take(data.obs_u, cells, cols))
-        obs_s = jnp.asarray(_take(data.obs_s, cells, cols))
+        # Densified: the search's cells x the block's genes (sparse data stay sparse until then).
+        ug = np.unique(block)
+        at = np.searchsorted(ug, cols)
+        obs_u = jnp.asarray(_take(data.obs_u, cells, ug)[:, at])
+        obs_s = jnp.asarray(_take(data.obs_s, cells, ug)[:, at])
         inv_u, inv_s = (jnp.asarray(np.asarray(x)[cols]) for x in (data.inv_sd_u, data.inv_sd_s))
         fitted, before, after = _search_block(sub, features, obs_u, obs_s, rows, mask, inv_u, inv_s, integrator,
                                               loss_cfg, data.chunk, int(steps), float(lr))
@@ -194,6 +197,6 @@ def search_cells(t, seed: int = 0):
     return cells[keep], weight[keep]
 
 
-def _take(x, cells, cols) -> np.ndarray:
-    """Dense float32 ``x[cells][:, cols]`` (cells and columns may repeat)."""
-    return _matrix.dense(x[cells])[:, cols] if _matrix.is_sparse(x) else np.asarray(x)[cells][:, cols]
+def _take(x, cells, genes) -> np.ndarray:
+    """Dense float32 ``x[cells][:, genes]``; a sparse ``x`` is densified only there."""
+    return _matrix.dense(x[cells][:, genes]) if _matrix.is_sparse(x) else np.asarray(x, np.float32)[cells][:, genes]
