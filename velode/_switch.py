@@ -158,14 +158,13 @@ def search_switches(model, data, integrator, loss_cfg, *, quantile: float, steps
         after[0] = np.minimum(after[0], np.asarray(before)[: block.size])
         after[~np.isfinite(after)] = np.inf  # a candidate whose loss is not finite never wins
         best = np.argmin(after, axis=0)
-        fk = fitted.kinetics
-        for j in np.flatnonzero(best > 0):  # a candidate beat the gene's own switch
-            c, g = best[j] * GENE_BLOCK + j, block[j]
-            for name in names + ("raw_switch",):
-                fields[name][g] = np.asarray(getattr(fk, name))[c]
-            if loadings is not None:
-                loadings[:, g] = np.asarray(fitted.modulator.loadings)[:, c]
-            moved += 1
+        won = np.flatnonzero(best > 0)  # genes where a candidate beat their own switch
+        cand = best[won] * GENE_BLOCK + won
+        for name in names + ("raw_switch",):
+            fields[name][block[won]] = np.asarray(getattr(fitted.kinetics, name))[cand]
+        if loadings is not None:
+            loadings[:, block[won]] = np.asarray(fitted.modulator.loadings)[:, cand]
+        moved += won.size
     if not moved:
         return model, 0
     new_kin = eqx.tree_at(lambda q: tuple(getattr(q, name) for name in names + ("raw_switch",)), kin,
