@@ -107,12 +107,33 @@ def project(adata, use_scvelo: bool):
             import scvelo as scv
 
             scv.tl.velocity_graph(adata, show_progress_bar=False)
-            scv.tl.velocity_embedding(adata, basis="umap")
+            embed = scv.tl.velocity_embedding
         else:
             velode.tl.velocity_graph(adata)
-            velode.tl.velocity_embedding(adata, basis="umap")
+            embed = velode.tl.velocity_embedding
+        for basis in ["umap"] + extra_umaps(adata):  # one velocity graph, projected on every UMAP
+            embed(adata, basis=basis)
     finally:
         adata.layers["velocity"] = original
+
+
+#: --umap-seeds: the harness's UMAP is obsm["X_umap"] (random_state 0); the others, of the same kNN graph,
+#: are obsm["X_umap_seed{k}"] (random_state k). Every tool is projected on each and scored on each.
+UMAP_PREFIX = "umap_seed"
+
+
+def extra_umaps(adata) -> list[str]:
+    """The bases of the extra UMAPs ("umap_seed1", ...), in seed order."""
+    keys = [k[2:] for k in adata.obsm if k.startswith("X_" + UMAP_PREFIX)]
+    return sorted(keys, key=lambda k: int(k[len(UMAP_PREFIX):]))
+
+
+def add_umaps(adata, n: int) -> None:
+    """Add the UMAPs of random_state 1 .. n - 1 of ``adata``'s kNN graph (the harness's, seed 0, stays X_umap)."""
+    import scanpy as sc
+
+    for k in range(1, n):
+        adata.obsm[f"X_{UMAP_PREFIX}{k}"] = sc.tl.umap(adata, random_state=k, copy=True).obsm["X_umap"]
 
 
 def scvelo_latent_time(adata):
@@ -149,11 +170,23 @@ def preprocess_pancreas(path: str, use_scvelo: bool):
 
 def pancreas_scores(a) -> dict:
     cb = metrics.cross_boundary_correctness(a, metrics.PANCREAS_TRANSITIONS)
-    return {
+    out = {
         "CBDir": cb.pop("mean"),
         **{f"CBDir {k}": v for k, v in cb.items()},
         # per fit; its mean over the seeds says how often a transition points backwards
         "positive edges": int(sum(v > 0 for v in cb.values())),
+    }
+    bases = extra_umaps(a)
+    if bases:  # the same velocities on the other UMAPs (--umap-seeds): how much the embedding alone moves CBDir
+        others = [metrics.cross_boundary_correctness(a, metrics.PANCREAS_TRANSITIONS, basis=b) for b in bases]
+        means = [out["CBDir"]] + [o["mean"] for o in others]
+        out["CBDir, mean over UMAPs"] = float(np.mean(means))
+        out["CBDir, lowest UMAP"] = float(np.min(means))
+        out["CBDir, highest UMAP"] = float(np.max(means))
+        out["positive edges, fewest over UMAPs"] = int(min([out["positive edges"]] + [
+            sum(v > 0 for k, v in o.items() if k != "mean") for o in others]))
+    return {
+        **out,
         "ICCoh": metrics.in_cluster_coherence(a)["mean"],
         "stage Spearman": metrics.stage_spearman(a, STAGES),
         "velocity genes": int(np.asarray(a.var["velocity_genes"], bool).sum()),
@@ -307,9 +340,12 @@ def external_rows(base, externals: dict, log) -> dict:
     return methods
 
 
-def run_pancreas(path, seeds, use_scvelo, n_jobs, max_steps, log, save_harness=None, externals=None):
+def run_pancreas(path, seeds, use_scvelo, n_jobs, max_steps, log, save_harness=None, externals=None, umap_seeds=1):
     base = preprocess_pancreas(path, use_scvelo)
     log(f"pancreas: {base.n_obs} cells x {base.n_vars} genes after preprocessing")
+    if umap_seeds > 1:
+        add_umaps(base, umap_seeds)
+        log(f"{umap_seeds} UMAPs of the kNN graph (random_state 0-{umap_seeds - 1}); scores on X_umap are seed 0's")
     if save_harness:
         from velode import _outputs
 
@@ -392,7 +428,13 @@ def main(argv=None) -> dict:
     ap.add_argument("--velocity-scale", choices=["none", "sd"], default="none",
                     help="sd: divide every tool's velocity per gene by its sd over cells before the projection (a "
                          "sensitivity check of the harness; none, the default, is the harness)")
+    ap.add_argument("--umap-seeds", type=int, default=1, metavar="N",
+                    help="also project every tool's velocities on the UMAPs of random_state 1 .. N-1 of the same kNN "
+                         "graph and report CBDir's mean, lowest and highest over the N UMAPs (default 1: the harness's "
+                         "UMAP only). CBDir depends on the embedding; this shows how much")
     args = ap.parse_args(argv)
+    if args.umap_seeds < 1:
+        ap.error(f"--umap-seeds must be >= 1, got {args.umap_seeds}")
     global VELOCITY_SCALE
     VELOCITY_SCALE = args.velocity_scale
     externals = {}
@@ -425,11 +467,12 @@ def main(argv=None) -> dict:
               "Versions: " + ", ".join(f"{k} {v}" for k, v in env.items() if v) + ".", ""]
     if args.pancreas != "none" and Path(args.pancreas).exists():
         pan = run_pancreas(args.pancreas, args.seeds, use_scvelo, args.n_jobs, args.max_steps, log,
-                           save_harness=args.save_harness, externals=externals)
+                           save_harness=args.save_harness, externals=externals, umap_seeds=args.umap_seeds)
         results["pancreas"] = pan
         keys = ["fit seconds", "compile seconds", "scVelo time / velode time", "CBDir"]
         keys += [f"CBDir {a} -> {b}" for a, b in metrics.PANCREAS_TRANSITIONS]
-        keys += ["positive edges", "ICCoh", "stage Spearman", "velocity genes"]
+        keys += ["positive edges", "CBDir, mean over UMAPs", "CBDir, lowest UMAP", "CBDir, highest UMAP",
+                 "positive edges, fewest over UMAPs", "ICCoh", "stage Spearman", "velocity genes"]
         parts.append(table("Pancreas (3,696 cells)", pan, [k for k in keys if any(k in r[0] for r in pan.values())]))
         plot_cbdir(pan, Path(args.out) / "cbdir.png")
         parts[-1] += "\n\n![CBDir per transition](cbdir.png)"

@@ -144,3 +144,62 @@ def test_scaled_projection_leaves_the_tools_velocities_as_they_were(monkeypatch)
     np.testing.assert_array_equal(a.layers["velocity"], before)
     # the genes were weighted 1 to 10^4 apart: evened out, the projection moves
     assert not np.allclose(np.asarray(a.obsm["velocity_umap"]), raw, atol=1e-3)
+
+
+def _with_true_velocity(a):
+    """The harness-like data as a perfect tool would leave it: velocity, velocity genes, latent time."""
+    a.layers["velocity"] = np.asarray(a.layers["true_velocity"], np.float32)
+    a.var["velocity_genes"] = True
+    a.obs["latent_time"] = np.asarray(a.obs["true_time"], float)
+    return a
+
+
+def test_scores_on_other_umaps_follow_the_embedding():
+    """--umap-seeds: the same velocity graph is projected on every UMAP and CBDir is reported over them.
+
+    A rotated copy of the harness's embedding gives the same cosines, hence the same CBDir; an embedding
+    with its cells shuffled loses the direction.
+    """
+    bench = _load()
+    a = _with_true_velocity(_harness_like())
+    x = np.asarray(a.obsm["X_umap"], float)
+    angle = 0.7
+    rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    a.obsm["X_umap_seed1"] = x @ rot.T
+    a.obsm["X_umap_seed2"] = x[np.random.default_rng(0).permutation(a.n_obs)]
+    a.obsm["X_umap_seed10"] = x @ rot  # seed order is numeric, not by name
+    assert bench.extra_umaps(a) == ["umap_seed1", "umap_seed2", "umap_seed10"]
+    bench.project(a, True)
+    for basis in ["umap", "umap_seed1", "umap_seed2", "umap_seed10"]:
+        assert a.obsm[f"velocity_{basis}"].shape == (a.n_obs, 2)
+    row = bench.pancreas_scores(a)
+    rotated = bench.metrics.cross_boundary_correctness(a, bench.metrics.PANCREAS_TRANSITIONS, basis="umap_seed1")
+    shuffled = bench.metrics.cross_boundary_correctness(a, bench.metrics.PANCREAS_TRANSITIONS, basis="umap_seed2")
+    assert abs(rotated["mean"] - row["CBDir"]) < 1e-6
+    assert shuffled["mean"] < row["CBDir"] - 0.3
+    assert row["CBDir, lowest UMAP"] == shuffled["mean"]
+    assert abs(row["CBDir, highest UMAP"] - row["CBDir"]) < 1e-6
+    assert abs(row["CBDir, mean over UMAPs"] - np.mean([row["CBDir"], rotated["mean"], shuffled["mean"],
+                                                        row["CBDir"]])) < 1e-6
+    assert row["positive edges, fewest over UMAPs"] <= row["positive edges"]
+    # without extra UMAPs the row has none of these keys
+    b = _with_true_velocity(_harness_like())
+    bench.project(b, True)
+    assert not any("UMAP" in k for k in bench.pancreas_scores(b))
+
+
+def test_extra_umaps_are_other_layouts_of_the_same_graph():
+    bench = _load()
+    a = _harness_like(n_cells=200, n_genes=10)
+    bench.add_umaps(a, 3)
+    assert bench.extra_umaps(a) == ["umap_seed1", "umap_seed2"]
+    u1, u2 = np.asarray(a.obsm["X_umap_seed1"]), np.asarray(a.obsm["X_umap_seed2"])
+    assert u1.shape == u2.shape == (a.n_obs, 2) and np.all(np.isfinite(u1))
+    assert not np.allclose(u1, u2)
+    # a layout of the kNN graph: a cell's graph neighbours lie nearer to it than random cells do
+    g = a.obsp["connectivities"].tocsr()
+    rng = np.random.default_rng(0)
+    near = np.mean([np.linalg.norm(u1[g.indices[g.indptr[i]:g.indptr[i + 1]]] - u1[i], axis=1).mean()
+                    for i in range(a.n_obs)])
+    far = np.mean(np.linalg.norm(u1[rng.permutation(a.n_obs)] - u1, axis=1))
+    assert near < 0.5 * far
