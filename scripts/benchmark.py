@@ -25,6 +25,11 @@ NAME=PATH` then projects and scores their velocities on this run's graph and UMA
 `--velocity-scale sd` divides every tool's velocity, gene by gene, by its sd over cells before the velocity
 graph is built: a sensitivity check of how the harness weighs genes (the default, none, is the harness).
 
+CBDir is read off a 2-D embedding, and UMAP's layout of one kNN graph changes with its random state (and,
+at one random state, from one machine to another). `--umap-seeds N` projects every tool's velocities, from
+one velocity graph, on the UMAPs of random_state 0 .. N-1 and adds CBDir's mean, lowest and highest over
+them (the other rows stay those of random_state 0, the harness's UMAP).
+
 Writes benchmark.md (the tables), benchmark.json (every number, and the versions of the packages the
 numbers depend on) into --out and prints the tables.
 """
