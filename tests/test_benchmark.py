@@ -182,6 +182,7 @@ def test_scores_on_other_umaps_follow_the_embedding():
     assert abs(row["CBDir, mean over UMAPs"] - np.mean([row["CBDir"], rotated["mean"], shuffled["mean"],
                                                         row["CBDir"]])) < 1e-6
     assert row["positive edges, fewest over UMAPs"] <= row["positive edges"]
+    assert row["CBDir, UMAP umap_seed2"] == shuffled["mean"] and abs(row["CBDir, UMAP umap_seed1"] - row["CBDir"]) < 1e-6
     # without extra UMAPs the row has none of these keys
     b = _with_true_velocity(_harness_like())
     bench.project(b, True)
