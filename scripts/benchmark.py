@@ -304,6 +304,37 @@ def plot_cbdir(methods: dict, path) -> Path:
     return Path(path)
 
 
+def plot_umaps(methods: dict, path) -> Path | None:
+    """CBDir of each tool on each UMAP layout (--umap-seeds): one point per fit, the mean over fits joined."""
+    names = [n for n in methods if "CBDir, mean over UMAPs" in methods[n][0]]
+    if not names:
+        return None
+    from matplotlib.figure import Figure
+
+    from velode import _outputs
+
+    extra = sorted((k for k in methods[names[0]][0] if k.startswith("CBDir, UMAP ")),
+                   key=lambda k: int(k.rsplit(UMAP_PREFIX, 1)[1]))
+    keys = ["CBDir"] + extra
+    fig = Figure(figsize=(7, 4))
+    ax = fig.add_subplot()
+    x = np.arange(len(keys))
+    for i, name in enumerate(names):
+        vals = np.asarray([[r[k] for k in keys] for r in methods[name]], float)
+        color = f"C{i}"
+        jitter = (i - (len(names) - 1) / 2) * 0.06
+        for row in vals:
+            ax.plot(x + jitter, row, "o", color=color, ms=3, alpha=0.4)
+        ax.plot(x + jitter, vals.mean(0), "-o", color=color, label=name)
+    ax.set_xticks(x, ["0 (harness)"] + [k.rsplit(UMAP_PREFIX, 1)[1] for k in extra])
+    ax.set_xlabel("UMAP random state (same kNN graph)")
+    ax.set_ylabel("CBDir, mean over the 7 transitions")
+    ax.set_title("CBDir on each UMAP layout, pancreas")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    _outputs.save_figure(path, fig)
+    return Path(path)
+
+
 # ----------------------------------------------------------------------------------------- main
 
 
@@ -483,6 +514,8 @@ def main(argv=None) -> dict:
         parts.append(table("Pancreas (3,696 cells)", pan, [k for k in keys if any(k in r[0] for r in pan.values())]))
         plot_cbdir(pan, Path(args.out) / "cbdir.png")
         parts[-1] += "\n\n![CBDir per transition](cbdir.png)"
+        if plot_umaps(pan, Path(args.out) / "cbdir_umaps.png"):
+            parts[-1] += "\n\n![CBDir on each UMAP layout](cbdir_umaps.png)"
     elif args.pancreas != "none":
         log(f"skipping pancreas: {args.pancreas} not found")
     sim = run_simulation(args.sim_cells, args.sim_genes, args.seeds, use_scvelo, args.n_jobs, args.max_steps, log)

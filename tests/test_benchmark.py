@@ -154,7 +154,7 @@ def _with_true_velocity(a):
     return a
 
 
-def test_scores_on_other_umaps_follow_the_embedding():
+def test_scores_on_other_umaps_follow_the_embedding(tmp_path):
     """--umap-seeds: the same velocity graph is projected on every UMAP and CBDir is reported over them.
 
     A rotated copy of the harness's embedding gives the same cosines, hence the same CBDir; an embedding
@@ -183,10 +183,14 @@ def test_scores_on_other_umaps_follow_the_embedding():
                                                         row["CBDir"]])) < 1e-6
     assert row["positive edges, fewest over UMAPs"] <= row["positive edges"]
     assert row["CBDir, UMAP umap_seed2"] == shuffled["mean"] and abs(row["CBDir, UMAP umap_seed1"] - row["CBDir"]) < 1e-6
-    # without extra UMAPs the row has none of these keys
+    png = bench.plot_umaps({"perfect": [row, row]}, tmp_path / "umaps.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    # without extra UMAPs the row has none of these keys, and there is nothing to plot
     b = _with_true_velocity(_harness_like())
     bench.project(b, True)
-    assert not any("UMAP" in k for k in bench.pancreas_scores(b))
+    plain = bench.pancreas_scores(b)
+    assert not any("UMAP" in k for k in plain)
+    assert bench.plot_umaps({"perfect": [plain]}, tmp_path / "none.png") is None and not (tmp_path / "none.png").exists()
 
 
 def test_extra_umaps_are_other_layouts_of_the_same_graph():
