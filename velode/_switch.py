@@ -138,6 +138,9 @@ def search_switches(model, data, integrator, loss_cfg, *, quantile: float, steps
     names = _FREE
     fields = {name: np.array(getattr(kin, name)) for name in names + ("raw_switch",)}
     loadings = None if model.modulator is None else np.array(model.modulator.loadings)
+    # Host views, read once: each block below takes only its cells x genes from them.
+    host_u, host_s = (x if _matrix.is_sparse(x) else np.asarray(x) for x in (data.obs_u, data.obs_s))
+    host_inv_u, host_inv_s = np.asarray(data.inv_sd_u), np.asarray(data.inv_sd_s)
     moved = 0
     for lo in range(0, early.size, GENE_BLOCK):
         block = early[lo : lo + GENE_BLOCK]
@@ -148,9 +151,9 @@ def search_switches(model, data, integrator, loss_cfg, *, quantile: float, steps
         # Densified: the search's cells x the block's genes (sparse data stay sparse until then).
         ug = np.unique(block)
         at = np.searchsorted(ug, cols)
-        obs_u = jnp.asarray(_take(data.obs_u, cells, ug)[:, at])
-        obs_s = jnp.asarray(_take(data.obs_s, cells, ug)[:, at])
-        inv_u, inv_s = (jnp.asarray(np.asarray(x)[cols]) for x in (data.inv_sd_u, data.inv_sd_s))
+        obs_u = jnp.asarray(_take(host_u, cells, ug)[:, at])
+        obs_s = jnp.asarray(_take(host_s, cells, ug)[:, at])
+        inv_u, inv_s = jnp.asarray(host_inv_u[cols]), jnp.asarray(host_inv_s[cols])
         fitted, before, after = _search_block(sub, features, obs_u, obs_s, rows, mask, inv_u, inv_s, integrator,
                                               loss_cfg, data.chunk, int(steps), float(lr))
         after = np.array(after).reshape(k, GENE_BLOCK)[:, : block.size]
@@ -198,4 +201,6 @@ def search_cells(t, seed: int = 0):
 
 def _take(x, cells, genes) -> np.ndarray:
     """Dense float32 ``x[cells][:, genes]``; a sparse ``x`` is densified only there."""
-    return _matrix.dense(x[cells][:, genes]) if _matrix.is_sparse(x) else np.asarray(x, np.float32)[cells][:, genes]
+    if _matrix.is_sparse(x):
+        return _matrix.dense(x[cells][:, genes])
+    return np.asarray(x[np.ix_(cells, genes)], np.float32)
