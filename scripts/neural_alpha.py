@@ -40,6 +40,7 @@ import optax
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import velode  # noqa: E402
+from velode._loss import reconstruction as velode_reconstruction  # noqa: E402
 from benchmark import pancreas_scores, preprocess_pancreas, project  # noqa: E402
 
 #: The MLP's starting bias on m(t): softplus(-8) = 3.4e-4, a basal transcription of that fraction of a_g.
@@ -120,8 +121,7 @@ def at_times(grid: jax.Array, t: jax.Array) -> jax.Array:
 def reconstruction(transcription, rates, t, ms, mu, inv_sd_s, inv_sd_u, n_grid: int):
     """velode's reconstruction loss (each gene's u and s standardised by its sd over cells), full batch."""
     ug, sg = solve_grid(transcription, rates, n_grid)
-    u, s = at_times(ug, t), at_times(sg, t)
-    return 0.5 * jnp.mean(((rates.scale * u - mu) * inv_sd_u) ** 2 + ((s - ms) * inv_sd_s) ** 2)
+    return velode_reconstruction(rates.scale * at_times(ug, t), at_times(sg, t), mu, ms, inv_sd_u, inv_sd_s)
 
 
 def velocity(transcription, rates, t, n_grid: int):
