@@ -173,6 +173,16 @@ def preprocess_pancreas(path: str, use_scvelo: bool):
     return a
 
 
+def score_velocity(adata, velocity, latent_time=None) -> dict:
+    """:func:`pancreas_scores` of another velocity (and latent time) on a copy of ``adata``'s data, graph and UMAPs."""
+    b = adata.copy()
+    b.layers["velocity"] = np.asarray(velocity)
+    if latent_time is not None:
+        b.obs["latent_time"] = np.asarray(latent_time)
+    project(b, True)
+    return pancreas_scores(b)
+
+
 def pancreas_scores(a) -> dict:
     cb = metrics.cross_boundary_correctness(a, metrics.PANCREAS_TRANSITIONS)
     out = {

@@ -28,7 +28,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import velode  # noqa: E402
-from benchmark import pancreas_scores, preprocess_pancreas, project  # noqa: E402
+from benchmark import preprocess_pancreas  # noqa: E402
+from benchmark import score_velocity as score  # noqa: E402
 
 
 def local_slope(ms: np.ndarray, t: np.ndarray, connectivities) -> np.ndarray:
@@ -62,13 +63,6 @@ def diffusion_pseudotime(adata, root: int) -> np.ndarray:
     b.uns["iroot"] = int(root)
     sc.tl.dpt(b)
     return np.asarray(b.obs["dpt_pseudotime"], float)
-
-
-def score(adata, velocity: np.ndarray) -> dict:
-    b = adata.copy()
-    b.layers["velocity"] = velocity
-    project(b, True)
-    return pancreas_scores(b)
 
 
 def main(argv=None) -> dict:

@@ -41,7 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import velode  # noqa: E402
 from velode._loss import reconstruction as velode_reconstruction  # noqa: E402
-from benchmark import pancreas_scores, preprocess_pancreas, project  # noqa: E402
+from benchmark import preprocess_pancreas  # noqa: E402
+from benchmark import score_velocity as score  # noqa: E402
 
 #: The MLP's starting bias on m(t): softplus(-8) = 3.4e-4, a basal transcription of that fraction of a_g.
 MLP_BASAL = -8.0
@@ -159,15 +160,6 @@ def train(transcription, rates, t, ms, mu, inv_sd_s, inv_sd_u, *, steps: int, lr
         if (i + 1) % 100 == 0 or i + 1 == steps:
             log(f"  step {i + 1}/{steps}: loss {losses[-1]:.5f} ({time.perf_counter() - t0:.0f} s)")
     return eqx.combine(params, static), losses
-
-
-def score(adata, v, t=None) -> dict:
-    b = adata.copy()
-    b.layers["velocity"] = np.asarray(v, np.float32)
-    if t is not None:
-        b.obs["latent_time"] = np.asarray(t)
-    project(b, True)
-    return pancreas_scores(b)
 
 
 def main(argv=None) -> dict:
