@@ -119,15 +119,28 @@ def at_times(grid: jax.Array, t: jax.Array) -> jax.Array:
     return grid[k] * (1 - th) + grid[k + 1] * th
 
 
+def states(transcription, rates, t, n_grid: int):
+    """(u, s) of every gene at each cell's time t (cells,), from one solve; u in model (unscaled) units."""
+    ug, sg = solve_grid(transcription, rates, n_grid)
+    return at_times(ug, t), at_times(sg, t)
+
+
 def reconstruction(transcription, rates, t, ms, mu, inv_sd_s, inv_sd_u, n_grid: int):
     """velode's reconstruction loss (each gene's u and s standardised by its sd over cells), full batch."""
-    ug, sg = solve_grid(transcription, rates, n_grid)
-    return velode_reconstruction(rates.scale * at_times(ug, t), at_times(sg, t), mu, ms, inv_sd_u, inv_sd_s)
+    u, s = states(transcription, rates, t, n_grid)
+    return velode_reconstruction(rates.scale * u, s, mu, ms, inv_sd_u, inv_sd_s)
 
 
 def velocity(transcription, rates, t, n_grid: int):
-    ug, sg = solve_grid(transcription, rates, n_grid)
-    return rates.beta * at_times(ug, t) - rates.gamma * at_times(sg, t)
+    u, s = states(transcription, rates, t, n_grid)
+    return rates.beta * u - rates.gamma * s
+
+
+@eqx.filter_jit
+def loss_and_velocity(transcription, rates, t, ms, mu, inv_sd_s, inv_sd_u, n_grid: int):
+    """:func:`reconstruction` and :func:`velocity` from one solve (one compiled program)."""
+    u, s = states(transcription, rates, t, n_grid)
+    return velode_reconstruction(rates.scale * u, s, mu, ms, inv_sd_u, inv_sd_s), rates.beta * u - rates.gamma * s
 
 
 def best_times(transcription, rates, ms, mu, inv_sd_s, inv_sd_u, n_grid: int, block: int = 256):
@@ -187,21 +200,21 @@ def main(argv=None) -> dict:
     rows = {"velode (closed form)": {**score(a, a.layers["velocity"]), "loss": float("nan")}}
     tr = NeuralTranscription(res.model.kinetics.alpha, res.model.kinetics.switch_time(),
                              key=jax.random.PRNGKey(args.seed))
-    loss = float(reconstruction(tr, rates, t, *data, args.grid))
-    rows["start: velode's kinetics, solved by Diffrax"] = {**score(a, velocity(tr, rates, t, args.grid)), "loss": loss}
-    log(f"start: loss {loss:.5f}")
-    tr, losses = train(tr, rates, t, *data, steps=args.steps, lr=args.lr, n_grid=args.grid, log=log)
-    loss = float(reconstruction(tr, rates, t, *data, args.grid))
-    rows[f"neural alpha(t), {args.steps} steps, clock fixed"] = {**score(a, velocity(tr, rates, t, args.grid)),
-                                                                "loss": loss}
+    def stage(name, latent_time=None):  # the loss and the scores of the current fit, from one solve
+        loss, v = loss_and_velocity(tr, rates, t, *data, args.grid)
+        rows[name] = {**score(a, v, latent_time), "loss": float(loss)}
+        return float(loss)
+
+    start = stage("start: velode's kinetics, solved by Diffrax")
+    log(f"start: loss {start:.5f}")
+    tr, _ = train(tr, rates, t, *data, steps=args.steps, lr=args.lr, n_grid=args.grid, log=log)
+    stage(f"neural alpha(t), {args.steps} steps, clock fixed")
     for r in range(args.rounds):
         t_new = best_times(tr, rates, *data, args.grid)
         log(f"round {r + 1}: mean |change of latent time| {float(jnp.mean(jnp.abs(t_new - t))):.4f}")
         t = t_new
         tr, _ = train(tr, rates, t, *data, steps=args.round_steps, lr=args.lr, n_grid=args.grid, log=log)
-        loss = float(reconstruction(tr, rates, t, *data, args.grid))
-        rows[f"the same, clock moved ({r + 1} rounds)"] = {**score(a, velocity(tr, rates, t, args.grid), t),
-                                                            "loss": loss}
+        stage(f"the same, clock moved ({r + 1} rounds)", t)
 
     keys = ["loss", "CBDir"] + [k for k in rows["velode (closed form)"] if k.startswith("CBDir ") and "UMAP" not in k]
     keys += ["ICCoh", "stage Spearman"]
