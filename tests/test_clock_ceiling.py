@@ -39,3 +39,19 @@ def test_trend_slope_is_the_derivative_of_the_mean_trajectory():
     inner = (t > 0.05) & (t < 0.95)  # away from the ends, where a kernel regression is one-sided
     assert np.median(_cosines(cc.trend_slope(s, t, 0.02)[inner], v[inner])) > 0.98
     assert np.median(_cosines(cc.trend_slope(s, t, 0.02, block=7)[inner], v[inner])) > 0.98
+
+
+def test_stage_clock_orders_by_stage_first_then_by_latent_time():
+    cc = load_script("scripts/clock_ceiling.py")
+    clusters = np.array(["Beta", "Ductal", "Ngn3 high EP", "Ductal", "Pre-endocrine", "Ngn3 low EP", "Delta"])
+    t = np.array([0.1, 0.9, 0.2, 0.3, 0.0, 0.95, 0.5])
+    clock = cc.stage_clock(clusters, t, 1.0)
+    # every cell of a later stage after every cell of an earlier one, even against the latent time
+    assert list(np.argsort(clock)) == [3, 1, 5, 2, 4, 0, 6]
+    # within a stage the latent time orders the cells; the sister lineages share one stage
+    assert clock[1] > clock[3] and clock[6] > clock[0]
+    # a short stage lets the latent time overlap the stages: Ductal at 0.9 comes after Ngn3 low EP at 0.3...
+    short = cc.stage_clock(clusters, np.array([0.1, 0.9, 0.2, 0.3, 0.0, 0.3, 0.5]), 0.1)
+    assert short[1] > short[5]
+    # ...and the stage order alone, with no latent time, is a step function of the labels
+    np.testing.assert_array_equal(cc.stage_clock(clusters, np.zeros(7), 2.0), [8, 0, 4, 0, 6, 2, 8])
