@@ -79,6 +79,18 @@ def _unspliced_one_gene_short(path):
         short.attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
 
 
+def _obs_time(value_of_cell_0):
+    """obs["t"], a starting clock, with ``value_of_cell_0`` for the first cell."""
+
+    def change(a):
+        t = a.obs["true_time"].to_numpy(np.float64).copy()
+        t[0] = value_of_cell_0
+        a.obs["t"] = t
+        return a
+
+    return change
+
+
 def _preprocessed(path, **kw):
     return velode.pp.preprocess(velode.read(path), method="none", **kw)
 
@@ -130,6 +142,15 @@ CASES = [
          api=lambda p: _fit(p, cluster_key="nope", root_cluster="early"), same=False),
     Case("root_cluster_not_a_category", "root_cluster 'nowhere' is not a category of obs['clusters']",
          overrides=("data.root_cluster=nowhere",), api=lambda p: _fit(p, root_cluster="nowhere")),
+    Case("time_key_not_in_obs", "time_key='nope' is not a column of obs", overrides=("data.time_key=nope",),
+         api=lambda p: _fit(p, time_key="nope")),
+    Case("time_key_with_nan", "obs['t'] has 1 NaN or infinite values", file=_h5ad(_obs_time(np.nan)),
+         overrides=("data.time_key=t",), api=lambda p: _fit(p, time_key="t")),
+    Case("time_key_not_numeric", "obs['clusters'] holds category values: time_key needs a numeric column",
+         overrides=("data.time_key=clusters",), api=lambda p: _fit(p, time_key="clusters")),
+    Case("time_key_and_root_cluster", "both start the clock: give one",
+         overrides=("data.time_key=true_time", "data.root_cluster=early"),
+         api=lambda p: _fit(p, time_key="true_time", root_cluster="early"), same=False),
     Case("gene_not_in_var_names", "1 of 2 genes in the gene list are not in var_names ('nope')",
          overrides=("data.genes=[gene_0,nope]",), api=lambda p: _preprocessed(p, genes=["gene_0", "nope"])),
     Case("empty_gene_list", "the gene list is empty", overrides=("data.genes=[]",),
@@ -147,7 +168,7 @@ CASES = [
          api_phrase="unknown model option(s) ['nonsense']: known options are ['assign_gap', 'assign_grid',", same=False),
     Case("appended_unknown_data_key",
          "unknown data option(s) ['nonsense'] for data=h5ad: known options are "
-         "['cluster_key', 'genes', 'name', 'path', 'root_cluster', 'stage_order']",
+         "['cluster_key', 'genes', 'name', 'path', 'root_cluster', 'stage_order', 'time_key']",
          overrides=("+data.nonsense=1",), api=None),
     Case("appended_unknown_preprocess_key",
          "unknown preprocess option(s) ['nonsense']: known options are "
@@ -271,7 +292,7 @@ def test_data_keys_are_those_of_the_dataset():
         check_group_keys(compose("config", overrides=["data=h5ad", "+data.stage_order={a: 0}"]))
         with pytest.raises(ConfigError, match=r"unknown data option\(s\) \['path'\] for data=synthetic: known "
                                               r"options are \['cluster_key', 'genes', 'n_cells', 'n_genes', 'name', "
-                                              r"'root_cluster', 'seed', 'stage_order'\]"):
+                                              r"'root_cluster', 'seed', 'stage_order', 'time_key'\]"):
             check_group_keys(compose("config", overrides=["data=synthetic", "+data.path=x.h5ad"]))
 
 

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import pytest
+from scipy.stats import spearmanr
 
 import velode
 
@@ -268,3 +269,30 @@ def test_starting_modules_drawn_on_the_host_follow_equinox_and_compile_nothing(c
     # proj ~ N(0, 1/features), loadings ~ N(0, init_scale^2)
     assert 0.5 < np.std(np.asarray(mod.proj)) * np.sqrt(7) < 1.5
     assert 0.5e-2 < np.std(np.asarray(mod.loadings)) < 1.5e-2
+
+
+def test_time_key_starts_the_clock_and_freeze_clock_keeps_it():
+    a = small(n_cells=200, n_genes=20)
+    true_t = a.obs["true_time"].to_numpy()
+    a.obs["hours"] = 3.0 + 48.0 * true_t**2  # any units, any monotone map of the truth
+    quick = dict(trainer={**QUIET, "max_steps": 60}, model={"probe_steps": 5, "assign_rounds": 1})
+    kept = []
+    for steps in (40, 80):
+        b = a.copy()
+        velode.tl.fit(b, time_key="hours", trainer={**QUIET, "max_steps": steps},
+                      model={"freeze_clock": True, "probe_steps": 5, "assign_rounds": 1})
+        assert b.uns["velode"]["orientation"] == "given"
+        kept.append(b.obs["latent_time"].to_numpy())
+    # the clock is the one given (as the encoder follows it) and training does not move it
+    assert spearmanr(kept[0], true_t)[0] > 0.99
+    np.testing.assert_array_equal(kept[0], kept[1])
+    # without freeze_clock, the given clock only starts the fit: training moves it
+    c = a.copy()
+    velode.tl.fit(c, time_key="hours", **quick)
+    assert c.uns["velode"]["orientation"] == "given"
+    assert not np.array_equal(c.obs["latent_time"].to_numpy(), kept[0])
+    # a frozen clock is kept even when it runs backwards: it is the user's
+    a.obs["backwards"] = -a.obs["hours"]
+    d = a.copy()
+    velode.tl.fit(d, time_key="backwards", trainer={**QUIET, "max_steps": 40}, model={"freeze_clock": True})
+    assert spearmanr(d.obs["latent_time"], true_t)[0] < -0.99

@@ -62,6 +62,10 @@ class ModelConfig:
     switch_search: float = 0.1
     switch_search_steps: int = 25
     switch_search_lr: float = 0.2
+    # Keep the starting clock (a given start time, obs[time_key] in tl.fit; the root cells' distances; or the
+    # chosen principal axis): the encoder is taught it and not trained further, and no assignment rounds run.
+    # Only the kinetics (and the cell-specific transcription) are fitted, along that clock.
+    freeze_clock: bool = False
 
 
 @dataclasses.dataclass
@@ -71,7 +75,7 @@ class FitResult:
     data: TrainData
     integrator: Integrator
     loss_cfg: LossConfig
-    orientation: str  # "forward" (first principal axis) or "reversed"
+    orientation: str  # "forward" (first principal axis), "reversed", "root" (root cells) or "given" (start_time)
     probe_losses: dict
     fit_seconds: float
     setup_seconds: float
@@ -242,11 +246,13 @@ def fit_arrays(
     trainer_cfg: TrainerConfig,
     seed: int = 0,
     root_mask=None,
+    start_time=None,
     gene_weight=None,
     checkpoint_dir=None,
 ) -> FitResult:
     """Fit on cells x genes matrices (numpy arrays, or scipy sparse ones, which are densified one batch of
-    cells at a time); ``root_mask`` (cells,) marks cells that come first.
+    cells at a time); ``root_mask`` (cells,) marks cells that come first; ``start_time`` (cells,), a starting
+    clock in any units (its 1-99% quantiles are mapped onto the clock's range), takes the place of both.
 
     ``checkpoint_dir``: write a checkpoint there every trainer.checkpoint_every steps and, with
     trainer.resume, go on from the one found there (velode._checkpoint).
@@ -285,7 +291,7 @@ def fit_arrays(
     gw = np.ones(obs_s.shape[1], np.float32) if gene_weight is None else np.asarray(gene_weight, np.float32)
     data = TrainData.build(features, obs_u, obs_s, inv(sd_u), inv(sd_s), gw, chunk=trainer_cfg.chunk_size)
     ckpt, resume = _checkpointer(checkpoint_dir, model_cfg, integrator, loss_cfg, trainer_cfg, seed, obs_s, obs_u, gw,
-                                 root_mask)
+                                 root_mask, start_time)
     at = position(resume)
 
     def here(phase, r=0):  # the checkpoint being resumed was written in this phase
@@ -315,15 +321,18 @@ def fit_arrays(
         "forward": VelocityModel(fmap, encoder, kinetics_at(t_pc)),
         "reversed": VelocityModel(fmap, _reverse(encoder), kinetics_at(1.0 - t_pc)),
     }
-    trainer = Trainer(candidates["forward"], integrator, loss_cfg, clock_cfg)
+    freeze = model_cfg.freeze_clock
+    trainer = Trainer(candidates["forward"], integrator, loss_cfg, clock_cfg, freeze_encoder=freeze)
     setup_seconds = time.perf_counter() - t_setup
     t_fit = time.perf_counter()
     probe_losses = {}
-    if root_mask is not None and np.any(root_mask):
-        # The clock starts at the root cells: distance from them along the cells' kNN graph.
-        t_root = _scaled_time(graph_distance(np.asarray(features[: data.n_cells]), np.asarray(root_mask, bool)))
+    if start_time is not None or (root_mask is not None and np.any(root_mask)):
+        if start_time is not None:  # the clock given
+            t_root, orientation = _scaled_time(np.asarray(start_time, np.float64)), "given"
+        else:  # the clock starts at the root cells: distance from them along the cells' kNN graph
+            t_root = _scaled_time(graph_distance(np.asarray(features[: data.n_cells]), np.asarray(root_mask, bool)))
+            orientation = "root"
         enc_root = _pretrain_encoder(encoder, features[: data.n_cells], t_root, model_cfg.pretrain_steps)
-        orientation = "root"
         model = VelocityModel(fmap, enc_root, kinetics_at(t_root))
         state = trainer.init(model, k_train)
     elif resume is not None:
@@ -346,7 +355,7 @@ def fit_arrays(
     where = {"orientation": orientation, "probe_losses": probe_losses, "probe_step": state.step}
     if here("probe"):
         state = ckpt.restore(state, resume)
-    elif resume is None and orientation != "root" and (save := saver("probe")) is not None:
+    elif resume is None and orientation not in ("root", "given") and (save := saver("probe")) is not None:
         save(state)  # the direction of time is settled: a resumed fit does not probe again
     compile_seconds, run_seconds = 0.0, 0.0
     # After a non-finite loss the fit stops (the phases below are skipped) with the last finite parameters.
@@ -369,11 +378,11 @@ def fit_arrays(
         if jax.tree_util.tree_structure(model) != jax.tree_util.tree_structure(state.model):
             # New parameters (onsets, cell-specific transcription): an optimiser that knows them.
             compile_seconds, run_seconds = trainer.compile_seconds, trainer.run_seconds
-            trainer = Trainer(model, integrator, loss_cfg, clock_cfg)
+            trainer = Trainer(model, integrator, loss_cfg, clock_cfg, freeze_encoder=freeze)
         new_state = trainer.init(model, state.key, schedule_step=state.step)  # the schedule goes on
         new_state.step, new_state.history = state.step, state.history
         state = new_state
-    if model_cfg.assign_rounds > 0:
+    if model_cfg.assign_rounds > 0 and not freeze:
         per_round = max(1, (clock_cfg.max_steps - state.step) // (model_cfg.assign_rounds + 1))
         # the encoder's teaching after each assignment (at least one step, unless teaching is off)
         round_steps = max(1, round(model_cfg.pretrain_steps * ROUND_PRETRAIN)) if model_cfg.pretrain_steps > 0 else 0
@@ -432,7 +441,8 @@ def fit_arrays(
     )
 
 
-def _checkpointer(checkpoint_dir, model_cfg, integrator, loss_cfg, trainer_cfg, seed, obs_s, obs_u, gw, root_mask):
+def _checkpointer(checkpoint_dir, model_cfg, integrator, loss_cfg, trainer_cfg, seed, obs_s, obs_u, gw, root_mask,
+                  start_time=None):
     """The fit's Checkpointer (None without a directory) and the header of the checkpoint to resume (or None)."""
     if checkpoint_dir is None or not (trainer_cfg.checkpoint_every > 0 or trainer_cfg.resume):
         return None, None
@@ -441,7 +451,8 @@ def _checkpointer(checkpoint_dir, model_cfg, integrator, loss_cfg, trainer_cfg, 
                if k not in ("progress", "log_every", "resume", "checkpoint_every")}
     key = fingerprint(dataclasses.asdict(model_cfg), dataclasses.asdict(loss_cfg), trainer, seed,
                       eqx.tree_pformat(integrator, short_arrays=False), obs_s, obs_u, gw,
-                      None if root_mask is None else np.asarray(root_mask, bool))
+                      None if root_mask is None else np.asarray(root_mask, bool),
+                      *(() if start_time is None else (np.asarray(start_time, np.float64),)))
     ckpt = Checkpointer(checkpoint_dir, max(trainer_cfg.checkpoint_every, 0), key)
     if not trainer_cfg.resume:
         return ckpt, None

@@ -9,6 +9,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pandas as pd
 from anndata import AnnData
 
 from .. import _matrix
@@ -95,6 +96,23 @@ def root_cells(adata: AnnData, root_cluster: str, cluster_key: str = "clusters")
     return labels == root_cluster
 
 
+def start_times(adata: AnnData, time_key: str) -> np.ndarray:
+    """``obs[time_key]`` as a starting clock (cells,); InputError unless it is numeric, finite and not constant."""
+    check_obs_key(adata, time_key, "time_key")
+    col = adata.obs[time_key]
+    if not (pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col)):
+        raise InputError(f"obs[{time_key!r}] holds {col.dtype} values: time_key needs a numeric column (a pseudotime, "
+                         "or the time points of the experiment)")
+    t = col.to_numpy(np.float64)
+    bad = int(np.sum(~np.isfinite(t)))
+    if bad:
+        raise InputError(f"obs[{time_key!r}] has {bad} NaN or infinite values: give every cell a time (or subset the "
+                         "cells that have one)")
+    if np.ptp(t) == 0:
+        raise InputError(f"obs[{time_key!r}] is {t[0]:g} for every cell: a clock needs cells at different times")
+    return t
+
+
 def _check_layer(adata: AnnData, key: str):
     """``layers[key]`` as velode fits it: dense float32, or CSR float32 if the layer is sparse (never densified)."""
     if key not in adata.layers:
@@ -134,6 +152,7 @@ def fit(
     trainer: TrainerConfig | dict | None = None,
     r2_min: float = 0.1,
     root_cluster: str | None = None,
+    time_key: str | None = None,
     cluster_key: str = "clusters",
     spliced_key: str = "Ms",
     unspliced_key: str = "Mu",
@@ -145,8 +164,11 @@ def fit(
     ``solver=None`` uses the exact closed form; a Diffrax solver (``diffrax.Tsit5()``...) integrates
     the kinetics numerically with ``stepsize_controller`` (default PID, rtol 1e-3, atol 1e-6),
     ``adjoint`` and ``max_steps``. ``root_cluster`` (a category of ``obs[cluster_key]``) starts the clock: the initial
-    latent time is the kNN-graph distance from those cells, which training then refines; otherwise
-    both directions of the first principal axis are tried and the better fit wins.
+    latent time is the kNN-graph distance from those cells, which training then refines; ``time_key`` (a numeric
+    column of ``obs``: a pseudotime, the experiment's time points) gives the starting clock itself, its 1-99%
+    quantiles mapped onto the clock's range; otherwise both directions of the first principal axis are tried
+    and the better fit wins. With ``model={"freeze_clock": True}`` the starting clock is kept (as closely as
+    the time encoder can follow it) and only the kinetics are fitted along it.
 
     Sets:
       ``layers["velocity"]`` (ds/dt, cells x genes), ``layers["velocity_u"]`` (du/dt),
@@ -171,7 +193,10 @@ def fit(
     obs_u = _check_layer(adata, unspliced_key)
     if obs_s.shape != obs_u.shape:
         raise InputError(f"layers {spliced_key!r} {obs_s.shape} and {unspliced_key!r} {obs_u.shape} differ in shape")
+    if root_cluster is not None and time_key is not None:
+        raise InputError(f"root_cluster={root_cluster!r} and time_key={time_key!r} both start the clock: give one")
     root_mask = None if root_cluster is None else root_cells(adata, root_cluster, cluster_key)
+    start_time = None if time_key is None else start_times(adata, time_key)
     if solver is not None and stepsize_controller is None:
         stepsize_controller = diffrax.PIDController(rtol=1e-3, atol=1e-6)
     integrator = Integrator(
@@ -184,7 +209,7 @@ def fit(
     )
     result = fit_arrays(
         obs_s, obs_u, model_cfg=model_cfg, integrator=integrator, loss_cfg=loss_cfg, trainer_cfg=trainer_cfg,
-        seed=seed, root_mask=root_mask, checkpoint_dir=checkpoint_dir,
+        seed=seed, root_mask=root_mask, start_time=start_time, checkpoint_dir=checkpoint_dir,
     )
     write_result(adata, result, obs_s, obs_u, r2_min=r2_min)
     return result
