@@ -173,12 +173,15 @@ def preprocess_pancreas(path: str, use_scvelo: bool):
     return a
 
 
-def score_velocity(adata, velocity, latent_time=None) -> dict:
-    """:func:`pancreas_scores` of another velocity (and latent time) on a copy of ``adata``'s data, graph and UMAPs."""
+def score_velocity(adata, velocity, latent_time=None, velocity_genes=None) -> dict:
+    """:func:`pancreas_scores` of another velocity (and latent time; and velocity genes, else ``adata``'s) on a
+    copy of ``adata``'s data, graph and UMAPs."""
     b = adata.copy()
     b.layers["velocity"] = np.asarray(velocity)
     if latent_time is not None:
         b.obs["latent_time"] = np.asarray(latent_time)
+    if velocity_genes is not None:
+        b.var["velocity_genes"] = np.asarray(velocity_genes, bool)
     project(b, True)
     return pancreas_scores(b)
 

@@ -16,7 +16,11 @@ same kNN graph and UMAP:
   the cells by their known stage first (Ductal, Ngn3 low EP, Ngn3 high EP, Pre-endocrine, endocrine:
   the benchmark's ``STAGES``) and by velode's latent time within a stage (``stage_clock``). It reads
   the cluster labels, so it is not a method: it is what the data's own derivative gives along a
-  clock that orders every boundary right, an upper reference for any clock a model can learn.
+  clock that orders every boundary right, an upper reference for any clock a model can learn;
+- ``model on the known stage order``: velode fitted again with that clock given and kept
+  (``time_key``, ``model.freeze_clock``): what velode's kinetics make of a clock that orders the
+  boundaries, as far as the time encoder can follow it (``local slope (the frozen clock)``: the
+  data's slope along the clock the encoder learned).
 
 If the slopes score no better than the model, the model's kinetics are not what limits the score:
 the clock and the data are. Usage::
@@ -103,8 +107,17 @@ def main(argv=None) -> dict:
     for h in args.bandwidths:
         rows[f"trend, bandwidth {h:g}"] = score(a, trend_slope(ms, t, h))
     for w in args.stage_weights:  # reads the labels: a reference, not a method
+        clock = stage_clock(clusters, t, w)
         rows[f"local slope (known stage order x {w:g} + velode clock)"] = score(
-            a, local_slope(ms, stage_clock(clusters, t, w), a.obsp["connectivities"]))
+            a, local_slope(ms, clock, a.obsp["connectivities"]))
+        b = a.copy()
+        b.obs["stage_clock"] = clock
+        velode.tl.fit(b, seed=args.seed, time_key="stage_clock", model={"freeze_clock": True},
+                      trainer={"progress": False})
+        t_b = np.asarray(b.obs["latent_time"], float)
+        rows[f"model on the known stage order x {w:g} + velode clock"] = score(
+            a, np.asarray(b.layers["velocity"]), t_b, velocity_genes=b.var["velocity_genes"])
+        rows[f"local slope (the frozen clock, x {w:g})"] = score(a, local_slope(ms, t_b, a.obsp["connectivities"]))
 
     keys = ["CBDir"] + [k for k in rows["model"] if k.startswith("CBDir ")] + ["ICCoh"]
     print("| velocity | " + " | ".join(k.replace("CBDir ", "") for k in keys) + " |")
