@@ -84,6 +84,37 @@ def diffusion_pseudotime(adata, root: int) -> np.ndarray:
     return np.asarray(b.obs["dpt_pseudotime"], float)
 
 
+def plot_rows(rows: dict, path, names=None) -> None:
+    """CBDir per transition (and the mean) of the velocities ``names`` of ``rows`` (all by default), side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(rows) if names is None else [n for n in names if n in rows]
+    edges = [k for k in rows[names[0]] if k.startswith("CBDir ") and "UMAP" not in k]
+    labels = [k.replace("CBDir ", "").replace(" -> ", "\n-> ") for k in edges] + ["mean"]
+    x = np.arange(len(labels))
+    width = 0.8 / len(names)
+    fig, ax = plt.subplots(figsize=(11, 4.2))
+    for i, name in enumerate(names):
+        vals = [rows[name][k] for k in edges] + [rows[name]["CBDir"]]
+        ax.bar(x + (i - (len(names) - 1) / 2) * width, vals, width, label=name)
+    ax.axhline(0.6, color="k", ls="--", lw=0.8)
+    ax.text(x[-1] + 0.45, 0.61, "target 0.60", ha="right", va="bottom", fontsize=8)
+    ax.axhline(0.0, color="k", lw=0.5)
+    ax.set_xticks(x, labels, fontsize=8)
+    ax.set_ylabel("CBDir")
+    ax.legend(fontsize=7, loc="lower left", ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+PLOTTED = ["model", "local slope (velode clock)", "local slope (known stage order x 1 + velode clock)",
+           "model on the known stage order x 1 + velode clock", "local slope (the frozen clock, x 1)"]
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--pancreas", required=True, help="path of the pancreas .h5ad (raw spliced/unspliced counts)")
@@ -91,6 +122,7 @@ def main(argv=None) -> dict:
     p.add_argument("--bandwidths", type=float, nargs="*", default=[0.01, 0.05])
     p.add_argument("--stage-weights", type=float, nargs="*", default=[1.0, 0.1],
                    help="clocks of the known stage order (times this) plus velode's latent time")
+    p.add_argument("--out", default=None, help="folder for clock_ceiling.json and clock_ceiling.png (default: print only)")
     args = p.parse_args(argv)
 
     a = preprocess_pancreas(args.pancreas, use_scvelo=True)
@@ -124,6 +156,13 @@ def main(argv=None) -> dict:
     print("|---" * (len(keys) + 1) + "|")
     for name, r in rows.items():
         print(f"| {name} | " + " | ".join(f"{r[k]:.3f}" for k in keys) + " |")
+    if args.out:
+        import json
+
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "clock_ceiling.json").write_text(json.dumps({"seed": args.seed, "rows": rows}, indent=1, default=float))
+        plot_rows(rows, out / "clock_ceiling.png", PLOTTED)
     return rows
 
 

@@ -55,3 +55,17 @@ def test_stage_clock_orders_by_stage_first_then_by_latent_time():
     assert short[1] > short[5]
     # ...and the stage order alone, with no latent time, is a step function of the labels
     np.testing.assert_array_equal(cc.stage_clock(clusters, np.zeros(7), 2.0), [8, 0, 4, 0, 6, 2, 8])
+
+
+def test_plot_rows_draws_the_named_velocities(tmp_path):
+    cc = load_script("scripts/clock_ceiling.py")
+    edges = {f"CBDir {a} -> {b}": v for (a, b), v in zip(velode.metrics.PANCREAS_TRANSITIONS, np.linspace(-0.1, 0.7, 7))}
+    rows = {"model": {"CBDir": 0.5, **edges, "ICCoh": 0.9},
+            "local slope (velode clock)": {"CBDir": 0.55, **edges, "CBDir, mean over UMAPs": 0.5}}
+    path = tmp_path / "c.png"
+    cc.plot_rows(rows, path, ["model", "local slope (velode clock)", "not a row"])
+    import matplotlib.image as mpimg
+
+    img = mpimg.imread(path)
+    assert img.shape[0] > 300 and img.shape[1] > 1000  # 11 x 4.2 inches at 120 dpi
+    assert img[..., :3].std() > 0.05  # something is drawn
