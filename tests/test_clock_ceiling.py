@@ -67,5 +67,5 @@ def test_plot_rows_draws_the_named_velocities(tmp_path):
     import matplotlib.image as mpimg
 
     img = mpimg.imread(path)
-    assert img.shape[0] > 300 and img.shape[1] > 1000  # 11 x 4.2 inches at 120 dpi
+    assert img.shape[0] > 300 and img.shape[1] > 1000  # 11 x 4.8 inches at 120 dpi
     assert img[..., :3].std() > 0.05  # something is drawn
