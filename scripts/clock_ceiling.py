@@ -12,7 +12,7 @@ same kNN graph and UMAP:
   earliest Ductal cell of the model's clock, a clock that does not come from velode;
 - ``trend, bandwidth h``: the slope of a kernel regression of ``Ms`` on latent time over all cells
   (one trajectory per gene, all branches pooled);
-- ``local slope (known stage order + w x velode clock)``: the local slope along a clock that orders
+- ``local slope (known stage order x w + velode clock)``: the local slope along a clock that orders
   the cells by their known stage first (Ductal, Ngn3 low EP, Ngn3 high EP, Pre-endocrine, endocrine:
   the benchmark's ``STAGES``) and by velode's latent time within a stage (``stage_clock``). It reads
   the cluster labels, so it is not a method: it is what the data's own derivative gives along a
@@ -25,7 +25,7 @@ same kNN graph and UMAP:
 If the slopes score no better than the model, the model's kinetics are not what limits the score:
 the clock and the data are. Usage::
 
-    python scripts/clock_ceiling.py --pancreas ../shared/data/pancreas.h5ad --seed 0
+    python scripts/clock_ceiling.py --pancreas ../shared/data/pancreas.h5ad --seed 0 [--out docs/benchmark/clock_ceiling]
 """
 
 import argparse
