@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from helpers import ALL_SOLVERS, FIXED_STEP_SOLVERS, random_kinetics
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from velode.model._kinetics import DynamicalKinetics, StandardKinetics
@@ -219,6 +219,10 @@ def _gene_values(lo, hi):
     switch=_gene_values(0.01, 1.4),
     dynamical=st.booleans(),
 )
+# Tiny states decaying fast (alpha = alpha0 = 1e-6 after clipping, beta = 30): Tsit5 undershoots zero by
+# about its absolute tolerance (-1.3e-8 here), which its error control allows.
+@example(alpha=[0.0] * N_GENES, beta=[1.0] * (N_GENES - 1) + [30.0], gamma=[1.0] * N_GENES, alpha0=[0.0] * N_GENES,
+         switch=[1.0] * N_GENES, dynamical=True)
 def test_states_stay_non_negative(x64, alpha, beta, gamma, alpha0, switch, dynamical):
     f64 = lambda v: jnp.asarray(v, jnp.float64)  # noqa: E731
     kw = dict(alpha=f64(alpha), beta=f64(beta), gamma=f64(gamma), alpha0=f64(alpha0))
@@ -227,11 +231,12 @@ def test_states_stay_non_negative(x64, alpha, beta, gamma, alpha0, switch, dynam
     else:
         kin = StandardKinetics(N_GENES, **kw)
     t = f64(_PROP_T)
-    for integ in (CLOSED, _integrator(diffrax.Tsit5)):
+    # the closed form to rounding; a solver to its error control (ten times its absolute tolerance of 1e-8)
+    for integ, floor in ((CLOSED, -1e-9), (_integrator(diffrax.Tsit5), -1e-7)):
         u, s, info = evaluate(kin, t, integ, T_END)
         assert bool(info.ok)
-        assert float(jnp.min(u)) >= -1e-9, integ.solver
-        assert float(jnp.min(s)) >= -1e-9, integ.solver
+        assert float(jnp.min(u)) >= floor, integ.solver
+        assert float(jnp.min(s)) >= floor, integ.solver
 
 
 @pytest.mark.parametrize("solver", [diffrax.Tsit5(), diffrax.Dopri5()], ids=["tsit5", "dopri5"])
