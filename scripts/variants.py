@@ -28,16 +28,18 @@ from benchmark import preprocess_pancreas, score_velocity  # noqa: E402
 EARLY = ("Ductal", "Ngn3 low EP", "Ngn3 high EP")
 
 
-def later_share(distances, clusters, t, source: str = "Ductal", target: str = "Ngn3 low EP") -> float:
-    """Over the cells of ``source``, the share of their kNN neighbours in ``target`` with a later time ``t``."""
-    import scipy.sparse as sp
+def later_share(adata, t, source: str = "Ductal", target: str = "Ngn3 low EP", cluster_key: str = "clusters") -> float:
+    """Over the cells of ``source``, the share of their kNN neighbours in ``target`` with a later time ``t``.
 
-    g = sp.csr_matrix(distances)
-    clusters = np.asarray(clusters).astype(str)
+    The neighbours are those CBDir reads (``velode.metrics``: ``obsp["distances"]``, else ``connectivities``).
+    """
+    from velode.metrics import _knn_lists
+
+    clusters = adata.obs[cluster_key].astype(str).to_numpy()
+    knn = _knn_lists(adata)
     later = []
     for i in np.flatnonzero(clusters == source):
-        nb = g.indices[g.indptr[i]:g.indptr[i + 1]]
-        nb = nb[clusters[nb] == target]
+        nb = knn[i][clusters[knn[i]] == target]
         later.extend(t[nb] > t[i])
     return float(np.mean(later)) if later else float("nan")
 
@@ -48,8 +50,10 @@ def harness(path: str, saved: str | None):
     if saved and Path(saved).exists():
         return ad.read_h5ad(saved)
     base = preprocess_pancreas(path, use_scvelo=True)
-    if saved:
-        base.write_h5ad(saved)
+    if saved:  # never half-written: a later run reads it back
+        from velode import _outputs
+
+        _outputs.atomic_write(Path(saved), lambda tmp: base.write_h5ad(tmp))
     return base
 
 
@@ -74,7 +78,7 @@ def main(argv=None) -> list[dict]:
             "settings": settings, "seed": seed, "CBDir": sc["CBDir"],
             **{k: v for k, v in sc.items() if k.startswith("CBDir ") and "UMAP" not in k},
             "ICCoh": sc["ICCoh"], "stage Spearman": sc["stage Spearman"],
-            "Ngn3 low EP neighbours later": later_share(base.obsp["distances"], clusters, t),
+            "Ngn3 low EP neighbours later": later_share(base, t),
             **{f"median latent time {c}": float(np.median(t[clusters == c])) for c in EARLY},
         }
         print(json.dumps(row), flush=True)
