@@ -69,3 +69,53 @@ def test_plot_rows_draws_the_named_velocities(tmp_path):
     img = mpimg.imread(path)
     assert img.shape[0] > 300 and img.shape[1] > 1000  # 11 x 4.8 inches at 120 dpi
     assert img[..., :3].std() > 0.05  # something is drawn
+
+
+def _poisson_truth(n_cells=600, n_genes=50):
+    a = velode.datasets.simulation(n_cells=n_cells, n_genes=n_genes, noise="poisson", seed=2)
+    t = np.asarray(a.obs["true_time"], float)
+    order = np.argsort(t)
+    curves = (np.asarray(a.layers["true_spliced"], float)[order], np.asarray(a.layers["true_unspliced"], float)[order])
+    return a, t, t[order], curves
+
+
+def test_count_clock_reads_the_true_time_off_poisson_counts():
+    from scipy.stats import spearmanr
+
+    cc = load_script("scripts/clock_ceiling.py")
+    a, t, grid, (s_grid, u_grid) = _poisson_truth()
+    xs, xu = np.asarray(a.layers["spliced"], float), np.asarray(a.layers["unspliced"], float)
+    ones = np.ones(a.n_obs)
+    found = cc.count_clock(xs, xu, ones, ones, s_grid, u_grid, grid)
+    assert spearmanr(found, t)[0] > 0.95
+    assert np.median(np.abs(found - t)) < 0.05 * (t.max() - t.min())
+    # a cell sequenced three times as deep, with its size factor given, is placed where it was
+    deep = np.where(np.arange(a.n_obs) % 2 == 0, 3.0, 1.0)
+    again = cc.count_clock(sp.csr_matrix(xs * deep[:, None]), sp.csr_matrix(xu * deep[:, None]), deep, deep,
+                           s_grid, u_grid, grid, block=97)
+    np.testing.assert_array_equal(again, found)
+    # without its size factor the deep cell looks like a cell with more RNA: a different time
+    blind = cc.count_clock(xs * deep[:, None], xu * deep[:, None], ones, ones, s_grid, u_grid, grid)
+    assert np.mean(blind[deep > 1] != found[deep > 1]) > 0.5
+    assert np.array_equal(blind[deep == 1], found[deep == 1])
+
+
+def test_size_factors_undo_a_per_cell_normalisation():
+    cc = load_script("scripts/clock_ceiling.py")
+    rng = np.random.default_rng(0)
+    raw = sp.csr_matrix(rng.poisson(3.0, size=(40, 30)).astype(float))
+    f = rng.uniform(0.5, 2.0, size=40)
+    np.testing.assert_allclose(cc.size_factors(raw, sp.diags(1 / f) @ raw), f, rtol=1e-12)
+
+
+def test_velocity_pseudotime_follows_the_true_velocity():
+    import scvelo as scv
+    from scipy.stats import spearmanr
+
+    cc = load_script("scripts/clock_ceiling.py")
+    a = velode.datasets.simulation(n_cells=300, n_genes=30, seed=3)
+    scv.pp.moments(a, n_pcs=10, n_neighbors=15)
+    truth = np.asarray(a.layers["true_velocity"], float)
+    vpt = cc.velocity_pseudotime(a, truth, np.ones(a.n_vars, bool))
+    assert spearmanr(vpt, a.obs["true_time"])[0] > 0.9
+    assert spearmanr(cc.velocity_pseudotime(a, -truth, np.ones(a.n_vars, bool)), a.obs["true_time"])[0] < -0.9
