@@ -10,7 +10,9 @@ the fit's clock, and each early stage's median latent time. Usage::
         --settings '{"model": {"n_components": 15}}'
 
 ``--harness FILE`` reads (or, if missing, writes) the preprocessed data, so several settings share one
-preprocessing. One JSON line per fit is printed.
+preprocessing. ``--clock-from-velocity``: each seed is first fitted with the defaults, and the fit scored is
+a second one, with ``settings``, started from scVelo's velocity pseudotime of the first fit's velocities
+(``time_key``; add ``{"model": {"freeze_clock": true}}`` to keep that clock). One JSON line per fit is printed.
 """
 
 import argparse
@@ -63,6 +65,8 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--settings", default="{}", help="keyword arguments of velode.tl.fit, as JSON")
     p.add_argument("--harness", default=None, help="preprocessed data to read, or to write if it is not there")
+    p.add_argument("--clock-from-velocity", action="store_true",
+                   help="start each fit from the velocity pseudotime of a default fit of the same seed")
     args = p.parse_args(argv)
     settings = json.loads(args.settings)
 
@@ -71,6 +75,14 @@ def main(argv=None) -> list[dict]:
     out = []
     for seed in args.seeds:
         a = base.copy()
+        if args.clock_from_velocity:
+            from clock_ceiling import velocity_pseudotime
+
+            first = base.copy()
+            velode.tl.fit(first, seed=seed, trainer={"progress": False})
+            a.obs["velocity_pseudotime"] = velocity_pseudotime(base, first.layers["velocity"],
+                                                               first.var["velocity_genes"])
+            settings = {**settings, "time_key": "velocity_pseudotime"}
         velode.tl.fit(a, seed=seed, **{"trainer": {"progress": False}, **settings})
         t = a.obs["latent_time"].to_numpy(float)
         sc = score_velocity(base, a.layers["velocity"], t, velocity_genes=a.var["velocity_genes"])
