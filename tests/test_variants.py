@@ -17,3 +17,23 @@ def test_later_share_counts_the_target_neighbours_after_each_source_cell():
     assert v.later_share(a, t, "A", "B") == 3 / 4
     assert v.later_share(a, -t, "A", "B") == 1 / 4  # the clock reversed
     assert np.isnan(v.later_share(a, t, "B", "A"))  # B's cells have no neighbours listed
+
+
+def test_boundary_gene_terms_add_up_to_the_cosine_and_follow_the_displacement():
+    bg = load_script("scripts/boundary_genes.py")
+    rng = np.random.default_rng(0)
+    ms = rng.normal(size=(6, 4))
+    clusters = np.array(["A", "A", "B", "B", "C", "A"])
+    knn = [np.array([2, 3, 4]), np.array([0, 4]), np.array([0]), np.array([1]), np.array([0]), np.array([3])]
+    cells, disp = bg.boundary_displacements(ms, clusters, knn, "A", "B")
+    assert cells.tolist() == [0, 5]  # A1 has no B neighbour
+    np.testing.assert_allclose(disp[0], ms[[2, 3]].mean(0) - ms[0])
+    np.testing.assert_allclose(disp[1], ms[3] - ms[5])
+    v = rng.normal(size=(2, 4))
+    terms = bg.gene_terms(v, disp)
+    vc, dc = v - v.mean(1, keepdims=True), disp - disp.mean(1, keepdims=True)
+    cos = (vc * dc).sum(1) / (np.linalg.norm(vc, axis=1) * np.linalg.norm(dc, axis=1))
+    np.testing.assert_allclose(terms.sum(1), cos, rtol=1e-12)
+    np.testing.assert_allclose(bg.gene_terms(disp, disp).sum(1), 1.0, rtol=1e-12)  # along the displacement
+    np.testing.assert_allclose(bg.gene_terms(-disp, disp).sum(1), -1.0, rtol=1e-12)
+    np.testing.assert_allclose(bg.norm_shares(v).sum(1), 1.0, rtol=1e-12)
