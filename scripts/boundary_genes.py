@@ -101,6 +101,7 @@ def main(argv=None) -> dict:
         print("  most negative terms: " + fmt(np.argsort(term)[: args.top]))
         print("  most positive terms: " + fmt(np.argsort(-term)[: args.top]))
     mu_all = np.asarray(a.layers["Mu"], float)
+    fit_s, velocity = np.asarray(a.layers["fit_s"], float), np.asarray(a.layers["velocity"], float)
     for gene in args.genes:
         if gene not in a.var_names:
             print(f"\n{gene}: not among the genes")
@@ -115,7 +116,7 @@ def main(argv=None) -> dict:
             m = (t >= lo) & ((t < hi) if hi < 1.0 else (t <= hi))
             if m.any():
                 print(f"  [{lo:.3f}, {hi:.3f}) {m.sum():6d} {ms_all[m, j].mean():8.3f} {mu_all[m, j].mean():8.3f} "
-                      f"{np.asarray(a.layers['fit_s'])[m, j].mean():8.3f} {np.asarray(a.layers['velocity'])[m, j].mean():9.3f}")
+                      f"{fit_s[m, j].mean():8.3f} {velocity[m, j].mean():9.3f}")
     return out
 
 

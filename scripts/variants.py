@@ -75,6 +75,7 @@ def main(argv=None) -> list[dict]:
     out = []
     for seed in args.seeds:
         a = base.copy()
+        fit_settings = settings
         if args.clock_from_velocity:
             from clock_ceiling import velocity_pseudotime
 
@@ -82,12 +83,12 @@ def main(argv=None) -> list[dict]:
             velode.tl.fit(first, seed=seed, trainer={"progress": False})
             a.obs["velocity_pseudotime"] = velocity_pseudotime(base, first.layers["velocity"],
                                                                first.var["velocity_genes"])
-            settings = {**settings, "time_key": "velocity_pseudotime"}
-        velode.tl.fit(a, seed=seed, **{"trainer": {"progress": False}, **settings})
+            fit_settings = {**settings, "time_key": "velocity_pseudotime"}
+        velode.tl.fit(a, seed=seed, **{"trainer": {"progress": False}, **fit_settings})
         t = a.obs["latent_time"].to_numpy(float)
         sc = score_velocity(base, a.layers["velocity"], t, velocity_genes=a.var["velocity_genes"])
         row = {
-            "settings": settings, "seed": seed, "CBDir": sc["CBDir"],
+            "settings": fit_settings, "seed": seed, "CBDir": sc["CBDir"],
             **{k: v for k, v in sc.items() if k.startswith("CBDir ") and "UMAP" not in k},
             "ICCoh": sc["ICCoh"], "stage Spearman": sc["stage Spearman"],
             "Ngn3 low EP neighbours later": later_share(base, t),
