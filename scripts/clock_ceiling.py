@@ -168,6 +168,14 @@ def plot_rows(rows: dict, path, names=None) -> None:
     plt.close(fig)
 
 
+def fit_on_clock(a, clock, seed: int):
+    """velode fitted again on ``a`` with ``clock`` (cells,) given and kept: its velocities, latent time, velocity genes."""
+    b = a.copy()
+    b.obs["given_clock"] = np.asarray(clock, float)
+    velode.tl.fit(b, seed=seed, time_key="given_clock", model={"freeze_clock": True}, trainer={"progress": False})
+    return np.asarray(b.layers["velocity"]), np.asarray(b.obs["latent_time"], float), b.var["velocity_genes"]
+
+
 PLOTTED = ["model", "local slope (velode clock)", "local slope (known stage order x 1 + velode clock)",
            "velode fitted on the known stage order x 1 + velode clock, clock kept",
            "local slope (the clock velode kept, x 1)"]
@@ -207,29 +215,20 @@ def main(argv=None) -> dict:
     rows["local slope (diffusion pseudotime)"] = score(a, local_slope(ms, dpt, a.obsp["connectivities"]))
     rows["local slope (raw-count clock)"] = score(a, local_slope(ms, t_count, a.obsp["connectivities"]))
     rows["local slope (velocity pseudotime)"] = score(a, local_slope(ms, vpt, a.obsp["connectivities"]))
-    b = a.copy()
-    b.obs["velocity_pseudotime"] = vpt
-    velode.tl.fit(b, seed=args.seed, time_key="velocity_pseudotime", model={"freeze_clock": True},
-                  trainer={"progress": False})
-    clocks["the clock velode kept, velocity pseudotime"] = np.asarray(b.obs["latent_time"], float)
-    rows["velode fitted on velocity pseudotime, clock kept"] = score(
-        a, np.asarray(b.layers["velocity"]), clocks["the clock velode kept, velocity pseudotime"],
-        velocity_genes=b.var["velocity_genes"])
+    v_b, t_b, genes_b = fit_on_clock(a, vpt, args.seed)
+    clocks["the clock velode kept, velocity pseudotime"] = t_b
+    rows["velode fitted on velocity pseudotime, clock kept"] = score(a, v_b, t_b, velocity_genes=genes_b)
     for h in args.bandwidths:
         rows[f"trend, bandwidth {h:g}"] = score(a, trend_slope(ms, t, h))
     for w in args.stage_weights:  # reads the labels: a reference, not a method
         clock = stage_clock(clusters, t, w)
         rows[f"local slope (known stage order x {w:g} + velode clock)"] = score(
             a, local_slope(ms, clock, a.obsp["connectivities"]))
-        b = a.copy()
-        b.obs["stage_clock"] = clock
-        velode.tl.fit(b, seed=args.seed, time_key="stage_clock", model={"freeze_clock": True},
-                      trainer={"progress": False})
-        t_b = np.asarray(b.obs["latent_time"], float)
+        v_b, t_b, genes_b = fit_on_clock(a, clock, args.seed)
         clocks[f"known stage order x {w:g} + velode clock"] = clock
         clocks[f"the clock velode kept, x {w:g}"] = t_b
         rows[f"velode fitted on the known stage order x {w:g} + velode clock, clock kept"] = score(
-            a, np.asarray(b.layers["velocity"]), t_b, velocity_genes=b.var["velocity_genes"])
+            a, v_b, t_b, velocity_genes=genes_b)
         rows[f"local slope (the clock velode kept, x {w:g})"] = score(a, local_slope(ms, t_b, a.obsp["connectivities"]))
 
     keys = ["CBDir"] + [k for k in rows["model"] if k.startswith("CBDir ")] + ["ICCoh"]

@@ -10,7 +10,7 @@ from anndata import AnnData
 from omegaconf import DictConfig, OmegaConf
 
 from . import _checkpoint, _outputs, datasets, metrics, pp
-from ._errors import ConfigError, InputError, RunFolderError
+from ._errors import ConfigError, RunFolderError
 from ._io import check_obs_key, read
 from .model._stats import num_vf_evals
 
@@ -155,7 +155,7 @@ def run(cfg: DictConfig, out_dir: Path, overrides: list[str] | None = None) -> d
     ``overrides`` (the command-line overrides of this job) are recorded in ``metrics.json``.
     """
     from . import tl
-    from .tl._fit import check_settings, root_cells, start_times
+    from .tl._fit import check_settings, clock_start
 
     t_total = time.perf_counter()
     # Settings, then names in the data, are checked first: a wrong one fails at once, not after the preprocessing.
@@ -171,13 +171,8 @@ def run(cfg: DictConfig, out_dir: Path, overrides: list[str] | None = None) -> d
     adata = load_data(cfg.data)
     log.info("data: %s, %d cells x %d genes", cfg.data.name, adata.n_obs, adata.n_vars)
     cluster_key = _cluster_key(adata, cfg)
-    if cfg.data.get("root_cluster") is not None:
-        root_cells(adata, cfg.data.root_cluster, cluster_key)
-    if cfg.data.get("time_key") is not None:  # checked before the work, as tl.fit would check it after
-        if cfg.data.get("root_cluster") is not None:
-            raise InputError(f"data.root_cluster={cfg.data.root_cluster!r} and data.time_key={cfg.data.time_key!r} "
-                             "both start the clock: give one")
-        start_times(adata, cfg.data.time_key)
+    # checked before the work, as tl.fit would check them after it
+    clock_start(adata, cfg.data.get("root_cluster"), cfg.data.get("time_key"), cluster_key or "clusters", "data.")
     t0 = time.perf_counter()
     adata = preprocess(adata, cfg)
     preprocess_seconds = time.perf_counter() - t0

@@ -113,6 +113,19 @@ def start_times(adata: AnnData, time_key: str) -> np.ndarray:
     return t
 
 
+def clock_start(adata: AnnData, root_cluster: str | None, time_key: str | None, cluster_key: str = "clusters",
+                prefix: str = ""):
+    """What starts the clock: (the root cells' mask or None, ``obs[time_key]`` or None), each checked.
+
+    InputError if both are given; ``prefix`` names the options in that message (``"data."`` on the command line).
+    """
+    if root_cluster is not None and time_key is not None:
+        raise InputError(f"{prefix}root_cluster={root_cluster!r} and {prefix}time_key={time_key!r} both start the "
+                         "clock: give one")
+    return (None if root_cluster is None else root_cells(adata, root_cluster, cluster_key),
+            None if time_key is None else start_times(adata, time_key))
+
+
 def _check_layer(adata: AnnData, key: str):
     """``layers[key]`` as velode fits it: dense float32, or CSR float32 if the layer is sparse (never densified)."""
     if key not in adata.layers:
@@ -193,10 +206,7 @@ def fit(
     obs_u = _check_layer(adata, unspliced_key)
     if obs_s.shape != obs_u.shape:
         raise InputError(f"layers {spliced_key!r} {obs_s.shape} and {unspliced_key!r} {obs_u.shape} differ in shape")
-    if root_cluster is not None and time_key is not None:
-        raise InputError(f"root_cluster={root_cluster!r} and time_key={time_key!r} both start the clock: give one")
-    root_mask = None if root_cluster is None else root_cells(adata, root_cluster, cluster_key)
-    start_time = None if time_key is None else start_times(adata, time_key)
+    root_mask, start_time = clock_start(adata, root_cluster, time_key, cluster_key)
     if solver is not None and stepsize_controller is None:
         stepsize_controller = diffrax.PIDController(rtol=1e-3, atol=1e-6)
     integrator = Integrator(
